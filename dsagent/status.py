@@ -1,0 +1,112 @@
+"""status and ps: what a deployment is doing now, read from its processes, /health and /metrics.
+
+Live states: ``starting`` / ``loading`` / ``profiling`` (process up, not yet healthy),
+``ready``, ``unhealthy`` (process up, /health failing after it was ready), ``crashed`` (the
+API server is gone but some of its processes remain: ``dsagent stop`` reaps them), ``failed``
+(start failed, nothing left), ``stopped``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+
+from .procs import ProcInfo, alive, deployment_processes, vllm_processes
+from .ready import log_tail, phase_of_log
+from .records import Deployment, list_all
+from .settings import Settings
+
+__all__ = ["live_state", "orphans", "parse_metrics", "status"]
+
+_METRIC = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+\-]+|NaN)\s*$", re.MULTILINE)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum vLLM's Prometheus gauges over engines (``vllm:`` prefix dropped).
+
+    >>> parse_metrics('vllm:num_requests_running{engine="0"} 2.0\\nvllm:kv_cache_usage_perc{engine="0"} 0.25')
+    {'num_requests_running': 2.0, 'kv_cache_usage_perc': 0.25}
+    """
+    out: dict[str, float] = {}
+    for name, value in _METRIC.findall(text):
+        key = name.removeprefix("vllm:")
+        if value != "NaN":
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _get(url: str, timeout: float = 2.0) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+
+
+def live_state(dep: Deployment) -> str:
+    if alive(dep.pid):
+        r = _get(f"{dep.root_url}/health")
+        if r is not None and r.status_code == 200:
+            return "ready"
+        if dep.state in ("ready", "unhealthy"):
+            return "unhealthy"
+        phase = phase_of_log(log_tail(dep.log_file, 400))
+        return "profiling" if phase == "serving" else phase
+    if deployment_processes(dep.name, dep.pgid):
+        return "crashed"
+    return "failed" if dep.state == "failed" else "stopped"
+
+
+def status(dep: Deployment) -> dict[str, Any]:
+    """The record plus the live view: state, processes, KV usage and requests from /metrics."""
+    state = live_state(dep)
+    procs = deployment_processes(dep.name, dep.pgid) if state != "stopped" else []
+    out: dict[str, Any] = {
+        "name": dep.name,
+        "state": state,
+        "model": dep.name,
+        "base_url": dep.base_url,
+        "api_key_file": dep.api_key_file,
+        "pid": dep.pid if alive(dep.pid) else None,
+        "processes": [{"pid": p.pid, "name": p.name} for p in procs],
+        "model_path": dep.model_path,
+        "log_file": dep.log_file,
+        "device": dep.device,
+        "tp": dep.tp,
+        "pp": dep.pp,
+        "dtype": dep.dtype,
+        "max_model_len": dep.max_model_len,
+        "vllm_version": dep.vllm_version,
+        "reason": dep.reason if state in ("failed", "crashed", "unhealthy") else "",
+        "estimate": dep.estimate,
+        "measured": dep.measured,
+        "kv_cache_usage": None,
+        "requests_running": None,
+        "requests_waiting": None,
+    }
+    if state == "crashed":
+        out["reason"] = "the API server is gone but its engine processes remain; run: dsagent stop " + dep.name
+    if state == "ready":
+        r = _get(f"{dep.root_url}/metrics")
+        if r is not None and r.status_code == 200:
+            m = parse_metrics(r.text)
+            out["kv_cache_usage"] = m.get("kv_cache_usage_perc", m.get("gpu_cache_usage_perc"))
+            out["requests_running"] = m.get("num_requests_running")
+            out["requests_waiting"] = m.get("num_requests_waiting")
+    return out
+
+
+def orphans(settings: Settings) -> list[ProcInfo]:
+    """vLLM processes nobody runs any more: engines re-parented to init, or those of a
+    dsagent deployment whose API server is gone. A stranger's live server is not an orphan."""
+    owners = {d.name: d for d in list_all(settings)}
+    out = []
+    for p in vllm_processes():
+        dep = owners.get(p.deployment or "")
+        if dep is not None:
+            if not alive(dep.pid):
+                out.append(p)
+        elif p.cmdline.startswith("VLLM::") and p.ppid == 1:
+            out.append(p)
+    return out

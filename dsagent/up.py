@@ -1,0 +1,168 @@
+"""up: estimate -> fetch -> serve in one call, refusing bad input before anything expensive.
+
+Order of checks (cheap first): model name, existing deployment, parallel layout, context
+length, memory plan, port, vLLM install; then the fetch (minutes) and the launch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from .catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
+from .errors import AlreadyRunningError, InputError
+from .estimate import check_layout, plan_cpu
+from .fetch import fetch
+from .ports import check_port, free_port
+from .procs import port_owner
+from .ready import Progress
+from .records import Deployment, load, save
+from .serve import ServeOptions, engine_version, launch, plan_serve, wait
+from .settings import Settings
+from .status import live_state
+
+__all__ = ["DEFAULT_GPU_MODEL", "attach", "detect_device", "up"]
+
+DEFAULT_GPU_MODEL = "deepseek-r1-distill-qwen-7b"
+RUNNING = ("starting", "loading", "profiling", "ready", "unhealthy")
+
+
+def detect_device() -> str:
+    """``cpu`` or ``gpu``: ``DSAGENT_DEVICE`` if set, else whether an NVIDIA device node exists."""
+    forced = os.environ.get("DSAGENT_DEVICE")
+    if forced in ("cpu", "gpu"):
+        return forced
+    return "gpu" if Path("/dev/nvidia0").exists() else "cpu"
+
+
+def _ram_available() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _config_of(spec: ModelSpec) -> dict[str, Any]:
+    return dict(spec.config)
+
+
+def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) -> bool:
+    wanted_port = opts.port in (0, dep.port)
+    same_path = model_path is None or dep.model_path == model_path
+    return wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
+
+
+def _preflight(spec: ModelSpec, opts: ServeOptions) -> tuple[ServeOptions, dict[str, Any]]:
+    """Layout, context and memory checks; returns the options with dsagent's choices filled in."""
+    config = _config_of(spec)
+    estimate: dict[str, Any] = {}
+    if not config:
+        return opts, estimate
+    check_layout(config, opts.tp, opts.pp)
+    limit = spec.context_limit
+    if opts.max_model_len and limit and opts.max_model_len > limit:
+        raise InputError(
+            f"--max-model-len {opts.max_model_len} exceeds {spec.name}'s limit of {limit} tokens",
+            f"use --max-model-len {limit} or less",
+            max_model_len=opts.max_model_len,
+            limit=limit,
+        )
+    if opts.device == "cpu":
+        max_len = opts.max_model_len or min(limit or 2048, 2048)
+        plan = plan_cpu(config, max_model_len=max_len, ram_available_bytes=_ram_available(), kv_cache_gib=opts.kv_cache_gib)
+        estimate = asdict(plan)
+        opts = replace(opts, kv_cache_gib=plan.kv_cache_gib)
+    return opts, estimate
+
+
+def up(
+    model: str | None = None,
+    *,
+    options: ServeOptions | None = None,
+    name: str | None = None,
+    settings: Settings | None = None,
+    wait_ready: bool = True,
+    timeout: float = 900.0,
+    on_step: Callable[[str], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Deployment:
+    """Bring ``model`` up (the embedded default on a machine with no GPU) and return its record.
+
+    A deployment of the same model already running with the same settings is returned as it
+    is (waiting for it if it is still starting); with other settings it is refused.
+    """
+    settings = settings or Settings.load()
+    opts = options or ServeOptions(device=detect_device())
+    step = on_step or (lambda _msg: None)
+    spec = resolve(model or (DEFAULT_CPU_MODEL if opts.device == "cpu" else DEFAULT_GPU_MODEL))
+    name = name or spec.name
+
+    existing = load(settings, name)
+    if existing is not None and live_state(existing) in RUNNING:
+        local_path = str(spec.path) if spec.path else None
+        if not _same_launch(existing, opts, local_path):
+            raise AlreadyRunningError(
+                f"{name} is already running on {existing.base_url} (tp {existing.tp}, pp {existing.pp}, "
+                f"pid {existing.pid}) with other settings than asked",
+                f"use it as it is, or stop it first: dsagent stop {name}",
+                base_url=existing.base_url,
+            )
+        step(f"{name} is already running at {existing.base_url}; attaching")
+        if wait_ready and existing.state != "ready":
+            return wait(existing, settings, timeout=timeout, on_progress=on_progress)
+        return existing
+
+    step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}")
+    opts, estimate = _preflight(spec, opts)
+    api_key = settings.api_key()
+    if opts.port == 0:
+        opts = replace(opts, port=free_port(opts.host))
+    elif check_port(opts.host, opts.port, name, api_key) == "ours":
+        raise AlreadyRunningError(
+            f"{name} is already served on port {opts.port} by pid "
+            f"{getattr(port_owner(opts.port), 'pid', '?')}, but not from this DSAGENT_HOME ({settings.home})",
+            f"use it at http://{opts.host}:{opts.port}/v1, or set DSAGENT_HOME to the home that started it",
+        )
+    version = engine_version(settings, opts.device)
+
+    step(f"fetch: {spec.name} ({spec.source})")
+    fetched = fetch(spec, settings)
+    if not spec.config:
+        import json
+
+        spec = replace(spec, config=json.loads((fetched.path / "config.json").read_text()))
+        opts, estimate = _preflight(spec, opts)
+
+    plan = plan_serve(name, fetched.path, settings, opts, reasoning=spec.reasoning, context_limit=spec.context_limit)
+    o = plan.options
+    record = Deployment(
+        name=name, model=spec.repo_id or spec.name, model_path=str(fetched.path), host=o.host, port=o.port,
+        api_key_file=str(settings.api_key_file), log_file=str(plan.log_file), argv=list(plan.argv),
+        env=dict(plan.env), device=o.device, tp=o.tp, pp=o.pp, dtype=o.dtype, max_model_len=o.max_model_len,
+        reasoning=spec.reasoning, engine_python=settings.engine_python, vllm_version=version, estimate=estimate,
+        measured={"fetch_seconds": round(fetched.seconds, 1)},
+    )
+    step(f"serve: {' '.join(plan.argv[1:])}")
+    record = launch(plan, settings, api_key=api_key, record=record)
+    if not wait_ready:
+        return record
+    return wait(record, settings, timeout=timeout, on_progress=on_progress)
+
+
+def attach(settings: Settings | None = None, name: str | None = None) -> Deployment:
+    """The record of a running deployment (by name, or the only / most recent one)."""
+    from .errors import NoDeploymentError
+    from .records import list_all
+
+    settings = settings or Settings.load()
+    deps = [d for d in list_all(settings) if (name is None or d.name == name) and live_state(d) in RUNNING]
+    if not deps:
+        which = f" named {name!r}" if name else ""
+        raise NoDeploymentError(
+            f"no running deployment{which} in {settings.home}",
+            f"start one: dsagent up{' ' + name if name else ''}",
+        )
+    return max(deps, key=lambda d: d.started_at or 0.0)
+
