@@ -162,6 +162,7 @@ def _convert_bundled(plan: FetchPlan, settings: Settings, source_sha: str) -> di
     _clean_stale_staging(models, plan.spec.name)
     staging = models / f".staging-{plan.spec.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH")])))
     cmd = [settings.engine_python, "-m", "dsagent._convert", str(plan.source_file), str(staging)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -2,9 +2,12 @@
 
 A deployment is a process tree: the vLLM API server, ``VLLM::EngineCore`` and one
 ``VLLM::Worker_*`` per rank. The server is started as the leader of a new session, so every
-process of the tree shares its process group, and each carries ``DSAGENT_DEPLOYMENT=<name>`` in
-its environment. Both marks survive the API server's death (the engine is re-parented to PID 1
-but keeps its group and environment), which is how ``stop`` finds what a crash left behind.
+process of the tree shares its process group (recorded as the deployment's ``pgid``), which
+survives the API server's death: the engine is re-parented to PID 1 but keeps its group, which
+is how ``stop`` finds what a crash left behind. Processes also inherit
+``DSAGENT_DEPLOYMENT=<name>``, a second mark for those that leave the group; the engine and
+workers lose it (setproctitle overwrites the memory /proc/PID/environ reads), so the group is
+the primary mark.
 """
 
 from __future__ import annotations

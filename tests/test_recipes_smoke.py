@@ -1,0 +1,33 @@
+"""The three calls of the quick start, through the library, against the session server."""
+
+from __future__ import annotations
+
+import dsagent
+
+
+def test_ask_capital(server):
+    assert "Paris" in dsagent.ask("What is the capital of France?")
+
+
+def test_translate_returns_french_text(server):
+    out = dsagent.translate("I love programming.", to="French")
+    assert out and out != "I love programming."
+    assert any(w in out.lower() for w in ("je ", "j'", "le ", "la ", "programm"))
+
+
+def test_suggest_names_returns_distinct_names(server):
+    names = dsagent.suggest_names("a nickname for a baby boy", n=3)
+    assert names and len(names) == len(set(names))
+    assert all(n[0].isupper() for n in names)
+
+
+def test_local_deepseek_is_bound_to_the_deployment(server):
+    from langchain_deepseek import ChatDeepSeek
+    from langchain_openai import ChatOpenAI
+
+    llm = dsagent.local_deepseek()
+    assert isinstance(llm, ChatDeepSeek) and llm.model_name == server.name
+    assert llm.api_base == server.base_url
+    other = dsagent.local_deepseek(backend="openai", temperature=0, max_tokens=20)
+    assert isinstance(other, ChatOpenAI)
+    assert "Paris" in other.invoke("What is the capital of France?").content

@@ -1,0 +1,64 @@
+"""serve's pure planner: the exact argv and environment of a launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dsagent.errors import InputError, ParallelismError
+from dsagent.estimate import check_layout
+from dsagent.procs import MARK
+from dsagent.serve import ServeOptions, plan_serve, thread_binding
+from dsagent.settings import Settings
+
+SETTINGS = Settings(home=Path("/h"), engine_python="/venv/bin/python")
+
+
+def _flag(argv, name):
+    return argv[argv.index(name) + 1]
+
+
+def test_cpu_plan_uses_float32_eager_stable_name_and_kv_space():
+    plan = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(port=8123, kv_cache_gib=2), context_limit=8192)
+    argv = plan.argv
+    assert argv[:3] == ("/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server")
+    assert _flag(argv, "--served-model-name") == "smol"
+    assert _flag(argv, "--dtype") == "float32"
+    assert _flag(argv, "--max-model-len") == "2048"
+    assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--port") == "8123"
+    assert "--enforce-eager" in argv
+    assert "--api-key" not in argv  # the key travels in VLLM_API_KEY, invisible to ps
+    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and plan.env[MARK] == "smol"
+    assert plan.log_file == Path("/h/logs/smol.log")
+
+
+def test_cpu_pipeline_parallel_binds_threads_and_compiles():
+    plan = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(pp=2), cpus=[0, 1])
+    assert _flag(plan.argv, "--pipeline-parallel-size") == "2"
+    assert plan.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    assert "--enforce-eager" not in plan.argv  # eager + PP crashes vLLM-CPU's second stage
+
+
+def test_gpu_plan_passes_parallelism_and_reasoning_parser():
+    opts = ServeOptions(device="gpu", tp=2, pp=2, gpu_memory_utilization=0.9, dummy_weights=True)
+    plan = plan_serve("r1", Path("/m"), SETTINGS, opts, reasoning=True)
+    assert _flag(plan.argv, "--tensor-parallel-size") == "2"
+    assert _flag(plan.argv, "--gpu-memory-utilization") == "0.9"
+    assert _flag(plan.argv, "--reasoning-parser") == "deepseek_r1"
+    assert _flag(plan.argv, "--load-format") == "dummy"
+    assert "--dtype" not in plan.argv and "VLLM_CPU_KVCACHE_SPACE" not in plan.env
+
+
+def test_thread_binding_splits_cores_and_refuses_too_many_workers():
+    assert thread_binding(1, [0, 1]) == "0-1"
+    assert thread_binding(4, list(range(8))) == "0-1|2-3|4-5|6-7"
+    with pytest.raises(InputError, match="need at least 3 cores"):
+        thread_binding(3, [0, 1])
+
+
+def test_tp_that_does_not_divide_heads_names_the_valid_sizes():
+    with pytest.raises(ParallelismError) as info:
+        check_layout({"num_attention_heads": 9, "num_hidden_layers": 30}, tp=2)
+    assert "does not divide the model's 9 attention heads" in str(info.value)
+    assert "[1, 3, 9]" in info.value.remedy

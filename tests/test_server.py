@@ -1,0 +1,135 @@
+"""The real vLLM CPU server of the test session, reached by real clients."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from dsagent.errors import AlreadyRunningError, InstallError, PortInUseError, StartupError
+from dsagent.procs import deployment_processes
+from dsagent.records import load
+from dsagent.serve import ServeOptions
+from dsagent.up import up
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_openai_sdk_gets_paris(server, api_key):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base_url, api_key=api_key)
+    reply = client.chat.completions.create(model=server.name, messages=QUESTION, temperature=0, max_tokens=30)
+    assert "Paris" in reply.choices[0].message.content
+
+
+def test_plain_http_needs_the_key_and_gets_paris(server, api_key):
+    body = {"model": server.name, "messages": QUESTION, "temperature": 0, "max_tokens": 30}
+    url = f"{server.base_url}/chat/completions"
+    assert httpx.post(url, json=body, timeout=60).status_code == 401
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer wrong"}, timeout=60).status_code == 401
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
+    assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
+
+
+def test_served_model_name_is_stable_not_the_path(server, api_key):
+    r = httpx.get(f"{server.base_url}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    assert [m["id"] for m in r.json()["data"]] == ["smollm2-135m-instruct"]
+    assert server.model_path not in r.text.replace("\\/", "/").split('"root"')[0]
+
+
+def test_status_json_reports_state_url_key_pid_and_metrics(server, cli):
+    out = cli("status", "smollm2-135m-instruct", "--json")
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)
+    assert st["state"] == "ready"
+    assert st["base_url"] == server.base_url and st["model"] == "smollm2-135m-instruct"
+    assert st["api_key_file"] == server.api_key_file and st["pid"] == server.pid
+    assert 0.0 <= st["kv_cache_usage"] <= 1.0 and st["requests_running"] >= 0
+    assert st["measured"]["kv_cache_tokens"] > 0 and st["measured"]["seconds_to_ready"] > 0
+    names = {p["name"] for p in st["processes"]}
+    assert "VLLM::EngineCore" in names
+
+
+def test_ps_lists_the_deployment_and_no_orphans(server, cli):
+    out = cli("ps", "--json")
+    data = json.loads(out.stdout)
+    assert [(d["name"], d["state"]) for d in data["deployments"]] == [("smollm2-135m-instruct", "ready")]
+    assert data["orphans"] == []
+
+
+def test_second_up_of_the_same_deployment_attaches(server, settings):
+    again = up(options=ServeOptions(port=0, device="cpu"), settings=settings)
+    assert again.pid == server.pid and again.base_url == server.base_url
+
+
+def test_second_up_with_other_settings_is_refused(server, settings):
+    with pytest.raises(AlreadyRunningError) as info:
+        up(options=ServeOptions(port=server.port + 1, device="cpu"), settings=settings)
+    assert "dsagent stop smollm2-135m-instruct" in info.value.remedy
+
+
+def test_port_taken_by_a_stranger_is_refused_before_launch(server, cli):
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        stranger.listen()
+        port = stranger.getsockname()[1]
+        out = cli("up", "--name", "other", "--port", str(port))
+    assert out.returncode == 2
+    assert f"port {port} on 127.0.0.1 is taken by pid" in out.stderr
+    assert "--port auto" in out.stderr
+    assert load_record("other") is None
+
+
+def load_record(name):
+    from dsagent.settings import Settings
+
+    return load(Settings.load(), name)
+
+
+def test_port_taken_by_another_deployment_names_it(server, settings):
+    with pytest.raises(PortInUseError) as info:
+        up(options=ServeOptions(port=server.port, device="cpu"), name="other", settings=settings)
+    assert "dsagent deployment 'smollm2-135m-instruct'" in str(info.value)
+    assert info.value.data["pid"] is not None
+
+
+def test_tp_refused_before_launch(cli):
+    out = cli("up", "--tp", "2", "--port", "auto", "--name", "tp2")
+    assert out.returncode == 2
+    assert "tensor parallel size 2 does not divide the model's 9 attention heads" in out.stderr
+    assert "fix: use --tp in [1, 3, 9]" in out.stderr
+    assert not deployment_processes("tp2")
+
+
+def test_missing_vllm_names_the_extra(tmp_path, cli):
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    out = cli("up", "--port", "auto", "--name", "novllm", env={"DSAGENT_PYTHON": str(tmp_path / "bare/bin/python")})
+    assert out.returncode == 2
+    assert "vLLM is not installed" in out.stderr and "pip install 'dsagent[cpu]'" in out.stderr
+
+
+def test_missing_vllm_raises_install_error(tmp_path, settings):
+    import venv
+
+    from dsagent.serve import engine_version
+    from dsagent.settings import Settings
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")
+    with pytest.raises(InstallError):
+        engine_version(Settings(home=settings.home, engine_python=str(tmp_path / "bare/bin/python")))
+
+
+def test_crash_during_start_is_reported_with_the_log_tail_and_leaves_nothing(server, settings):
+    opts = ServeOptions(port=0, device="cpu", extra_args=("--no-such-vllm-flag",))
+    with pytest.raises(StartupError) as info:
+        up(options=opts, name="crashy", settings=settings, timeout=300)
+    assert "vLLM exited while" in str(info.value)
+    assert "--no-such-vllm-flag" in info.value.log_tail
+    rec = load(settings, "crashy")
+    assert not deployment_processes("crashy", rec.pgid)
+    assert rec.state == "failed" and "no-such-vllm-flag" in rec.reason
