@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 import time
@@ -259,12 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stop)
     p = sub.add_parser("models", help="list the models dsagent knows by name")
     p.set_defaults(func=cmd_models)
-    try:
-        from . import estimate_view
-    except ImportError:
-        pass
-    else:
-        estimate_view.add_command(sub)
+    for face in ("estimate_view", "mcp_view"):  # commands whose faces live beside their stage
+        if importlib.util.find_spec(f"dsagent.{face}") is not None:
+            importlib.import_module(f"dsagent.{face}").add_command(sub)
     return parser
 
 
