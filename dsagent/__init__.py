@@ -31,6 +31,7 @@ _EXPORTS = {
     "Settings": "settings",
     "StartupError": "errors",
     "StopError": "errors",
+    "StreamTimeoutError": "errors",
     "UnknownModelError": "errors",
     "ask": "recipes",
     "attach": "up",
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
     from .errors import (
         AlreadyRunningError, ChecksumError, DeploymentError, DiskSpaceError, DoesNotFitError, DsagentError,
         FetchError, InputError, InstallError, NoDeploymentError, NotReadyError, ParallelismError,
-        PortInUseError, StartupError, StopError, UnknownModelError,
+        PortInUseError, StartupError, StopError, StreamTimeoutError, UnknownModelError,
     )
     from .fetch import fetch
     from .recipes import ask, suggest_names, translate

@@ -17,7 +17,8 @@ and how to fix it (``err.remedy`` holds the fix alone)::
     │   ├── AlreadyRunningError     `up`/`serve` of a deployment that is already running elsewhere
     │   ├── NoDeploymentError       nothing is deployed (says which command starts one)
     │   ├── StartupError            vLLM exited or failed while starting (carries the log tail)
-    │   └── NotReadyError           still not ready when the bounded wait ran out
+    │   ├── NotReadyError           still not ready when the bounded wait ran out
+    │   └── StreamTimeoutError      a streamed answer gave no first token / stalled too long
     └── StopError               processes of a deployment survived stop
 """
 
@@ -39,6 +40,7 @@ __all__ = [
     "PortInUseError",
     "StartupError",
     "StopError",
+    "StreamTimeoutError",
     "UnknownModelError",
 ]
 
@@ -111,6 +113,10 @@ class StartupError(DeploymentError):
 
 class NotReadyError(DeploymentError):
     """The server did not become ready within the bounded wait."""
+
+
+class StreamTimeoutError(DeploymentError, TimeoutError):
+    """A streamed answer gave no first token, or stalled, within its timeout."""
 
 
 class StopError(DsagentError):

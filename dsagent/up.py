@@ -151,18 +151,36 @@ def up(
     return wait(record, settings, timeout=timeout, on_progress=on_progress)
 
 
-def attach(settings: Settings | None = None, name: str | None = None) -> Deployment:
-    """The record of a running deployment (by name, or the only / most recent one)."""
-    from .errors import NoDeploymentError
+def attach(settings: Settings | None = None, name: str | None = None, *, wait_timeout: float = 600.0) -> Deployment:
+    """The running deployment (by name, or the most recent), waiting while it still starts.
+
+    A deployment that is starting is waited for (bounded by ``wait_timeout``); one that failed
+    or crashed is reported at once with the reason and its log tail.
+    """
+    from .errors import DeploymentError, NoDeploymentError
+    from .ready import log_tail
     from .records import list_all
 
     settings = settings or Settings.load()
-    deps = [d for d in list_all(settings) if (name is None or d.name == name) and live_state(d) in RUNNING]
-    if not deps:
+    deps = [d for d in list_all(settings) if name is None or d.name == name]
+    states = {d.name: live_state(d) for d in deps}
+    running = [d for d in deps if states[d.name] in RUNNING]
+    if not running:
+        dead = [d for d in deps if states[d.name] in ("failed", "crashed")]
+        if dead:
+            d = max(dead, key=lambda d: d.started_at or 0.0)
+            tail = log_tail(d.log_file, 15)
+            raise DeploymentError(
+                f"deployment {d.name} is {states[d.name]}: {d.reason or 'see its log'}",
+                f"read {d.log_file}; then `dsagent stop {d.name}` and `dsagent up {d.name}`\n{tail}",
+                log_tail=tail,
+            )
         which = f" named {name!r}" if name else ""
         raise NoDeploymentError(
             f"no running deployment{which} in {settings.home}",
             f"start one: dsagent up{' ' + name if name else ''}",
         )
-    return max(deps, key=lambda d: d.started_at or 0.0)
-
+    dep = max(running, key=lambda d: d.started_at or 0.0)
+    if states[dep.name] != "ready":
+        return wait(dep, settings, timeout=wait_timeout)
+    return dep

@@ -11,7 +11,7 @@ PUBLIC = [
     "AlreadyRunningError", "ChecksumError", "Deployment", "DeploymentError", "DiskSpaceError",
     "DoesNotFitError", "DsagentError", "FetchError", "InputError", "InstallError", "ModelSpec",
     "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError", "ServeOptions",
-    "Settings", "StartupError", "StopError", "UnknownModelError", "ask", "attach", "fetch",
+    "Settings", "StartupError", "StopError", "StreamTimeoutError", "UnknownModelError", "ask", "attach", "fetch",
     "local_deepseek", "resolve", "status", "stop", "suggest_names", "translate", "up",
 ]
 

@@ -1,0 +1,77 @@
+"""LangChain's own standard integration suite, for both classes local_deepseek() returns,
+against the test session's real vLLM CPU server.
+
+Feature flags are set for what this deployment really does: no tool calling (vLLM is started
+without a tool-call parser for this model, so `tool_choice="auto"` cannot work), structured
+output through JSON schema (vLLM's guided decoding), usage metadata on (stream_usage), no
+image/audio/PDF inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from dsagent.chat import _local_class, local_deepseek
+
+
+class _Standard(ChatModelIntegrationTests):
+    backend = "deepseek"
+
+    @pytest.fixture(autouse=True)
+    def _server(self, server):
+        return server
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        llm = local_deepseek(backend=self.backend)
+        return {
+            "model": llm.model_name,
+            "api_key": llm.openai_api_key if self.backend == "openai" else llm.api_key,
+            "base_url": llm.openai_api_base if self.backend == "openai" else llm.api_base,
+            "stream_usage": True,
+            "max_retries": 1,
+            "timeout": 120,
+        }
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def structured_output_kwargs(self) -> dict[str, Any]:
+        return {"method": "json_schema"}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+
+class TestLocalChatDeepSeekStandard(_Standard):
+    backend = "deepseek"
+
+    @property
+    def chat_model_class(self) -> type:
+        from langchain_deepseek import ChatDeepSeek
+
+        return _local_class(ChatDeepSeek)
+
+
+class TestLocalChatOpenAIStandard(_Standard):
+    backend = "openai"
+
+    @property
+    def chat_model_class(self) -> type:
+        from langchain_openai import ChatOpenAI
+
+        return _local_class(ChatOpenAI)
