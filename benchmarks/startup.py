@@ -36,7 +36,7 @@ def cli(*args: str, env: dict[str, str]) -> float:
 
 
 def bare(argv: list[str], env: dict[str, str], port: int, log: Path) -> float:
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     proc = spawn(argv, env, log)
     try:
         while True:
@@ -49,7 +49,7 @@ def bare(argv: list[str], env: dict[str, str], port: int, log: Path) -> float:
                 raise RuntimeError(f"bare vLLM exited; see {log}")
             time.sleep(0.5)
     finally:
-        end_processes(deployment_processes("bench-bare", proc.pid))
+        end_processes(deployment_processes("bench-bare", proc.pid, since=t0_wall))
 
 
 def main() -> int:

@@ -19,12 +19,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from .errors import StopError
 
-__all__ = ["MARK", "ProcInfo", "alive", "deployment_processes", "end_processes", "port_owner", "spawn", "vllm_processes"]
+__all__ = [
+    "MARK", "ProcInfo", "alive", "deployment_processes", "end_processes", "leader_alive", "mark_for", "port_owner",
+    "processes_of", "spawn", "vllm_processes",
+]
 
 MARK = "DSAGENT_DEPLOYMENT"
 
@@ -39,6 +43,7 @@ class ProcInfo:
     name: str
     cmdline: str
     deployment: str | None
+    started: float = 0.0
 
     def describe(self) -> str:
         return f"pid {self.pid} ({self.name}): {self.cmdline[:160]}"
@@ -87,7 +92,7 @@ def _info(proc: psutil.Process, environ: bool) -> ProcInfo | None:
                     mark = None
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
-            return ProcInfo(proc.pid, os.getpgid(proc.pid), proc.ppid(), name, cmd, mark)
+            return ProcInfo(proc.pid, os.getpgid(proc.pid), proc.ppid(), name, cmd, mark, proc.create_time())
     except (psutil.Error, ProcessLookupError):
         return None
 
@@ -98,9 +103,36 @@ def _all(environ: bool = True) -> list[ProcInfo]:
     return [p for p in found if p is not None]
 
 
-def deployment_processes(name: str, pgid: int | None = None) -> list[ProcInfo]:
-    """Every live process of deployment ``name``: by its environment mark or its process group."""
-    return [p for p in _all() if p.deployment == name or (pgid and p.pgid == pgid)]
+def mark_for(home: Path, name: str) -> str:
+    """The environment mark of deployment ``name`` of the dsagent home ``home`` (unique per home)."""
+    return f"{name}@{home}"
+
+
+def deployment_processes(mark: str, pgid: int | None = None, since: float | None = None) -> list[ProcInfo]:
+    """Every live process carrying ``mark``, or in process group ``pgid`` and started after
+    ``since`` (so a later process that reuses the number is not taken for ours)."""
+    def ours(p: ProcInfo) -> bool:
+        if p.deployment == mark:
+            return True
+        return bool(pgid) and p.pgid == pgid and (since is None or p.started >= since - 2.0)
+
+    return [p for p in _all() if ours(p)]
+
+
+def processes_of(dep: Any) -> list[ProcInfo]:
+    """The live processes of a deployment record (``env[MARK]``, ``pgid``, ``started_at``)."""
+    return deployment_processes(dep.env.get(MARK, dep.name), dep.pgid, dep.started_at)
+
+
+def leader_alive(dep: Any) -> bool:
+    """True while the deployment's own API server runs (not a process that reused its pid)."""
+    if not alive(dep.pid):
+        return False
+    try:
+        started = psutil.Process(dep.pid).create_time()
+    except psutil.Error:
+        return False
+    return dep.started_at is None or abs(started - dep.started_at) < 10.0
 
 
 def vllm_processes() -> list[ProcInfo]:

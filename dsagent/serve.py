@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, InstallError, StartupError
-from .procs import MARK, alive, deployment_processes, end_processes, spawn
+from .procs import MARK, end_processes, leader_alive, mark_for, processes_of, spawn
 from .ready import Progress, failure_reason, log_tail, parse_capacity, wait_ready
 from .records import Deployment, save
 from .settings import Settings
@@ -93,7 +93,7 @@ def plan_serve(
     argv = [settings.engine_python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model_path), "--served-model-name", name,
             "--host", o.host, "--port", str(o.port)]
-    env = {MARK: name, "PYTHONUNBUFFERED": "1"}
+    env = {MARK: mark_for(settings.home, name), "PYTHONUNBUFFERED": "1"}
     notes = []
     dtype = o.dtype
     max_len = o.max_model_len
@@ -203,10 +203,10 @@ def wait(
             on_progress(p)
 
     try:
-        took = wait_ready(dep.root_url, dep.log_file, lambda: alive(dep.pid), timeout=timeout,
+        took = wait_ready(dep.root_url, dep.log_file, lambda: leader_alive(dep), timeout=timeout,
                           on_progress=progress, started=dep.started_at)
     except StartupError as err:
-        end_processes(deployment_processes(dep.name, dep.pgid))
+        end_processes(processes_of(dep))
         dep.state, dep.reason = "failed", failure_reason(err.log_tail)
         save(settings, dep)
         raise

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .procs import ProcInfo, alive, deployment_processes, vllm_processes
+from .procs import MARK, ProcInfo, leader_alive, processes_of, vllm_processes
 from .ready import log_tail, phase_of_log
 from .records import Deployment, list_all
 from .settings import Settings
@@ -45,7 +45,7 @@ def _get(url: str, timeout: float = 2.0) -> httpx.Response | None:
 
 
 def live_state(dep: Deployment) -> str:
-    if alive(dep.pid):
+    if leader_alive(dep):
         r = _get(f"{dep.root_url}/health")
         if r is not None and r.status_code == 200:
             return "ready"
@@ -53,7 +53,7 @@ def live_state(dep: Deployment) -> str:
             return "unhealthy"
         phase = phase_of_log(log_tail(dep.log_file, 400))
         return "profiling" if phase == "serving" else phase
-    if deployment_processes(dep.name, dep.pgid):
+    if processes_of(dep):
         return "crashed"
     return "failed" if dep.state == "failed" else "stopped"
 
@@ -61,14 +61,14 @@ def live_state(dep: Deployment) -> str:
 def status(dep: Deployment) -> dict[str, Any]:
     """The record plus the live view: state, processes, KV usage and requests from /metrics."""
     state = live_state(dep)
-    procs = deployment_processes(dep.name, dep.pgid) if state != "stopped" else []
+    procs = processes_of(dep) if state != "stopped" else []
     out: dict[str, Any] = {
         "name": dep.name,
         "state": state,
         "model": dep.name,
         "base_url": dep.base_url,
         "api_key_file": dep.api_key_file,
-        "pid": dep.pid if alive(dep.pid) else None,
+        "pid": dep.pid if leader_alive(dep) else None,
         "processes": [{"pid": p.pid, "name": p.name} for p in procs],
         "model_path": dep.model_path,
         "log_file": dep.log_file,
@@ -100,12 +100,12 @@ def status(dep: Deployment) -> dict[str, Any]:
 def orphans(settings: Settings) -> list[ProcInfo]:
     """vLLM processes nobody runs any more: engines re-parented to init, or those of a
     dsagent deployment whose API server is gone. A stranger's live server is not an orphan."""
-    owners = {d.name: d for d in list_all(settings)}
+    owners = {d.env.get(MARK, d.name): d for d in list_all(settings)}
     out = []
     for p in vllm_processes():
         dep = owners.get(p.deployment or "")
         if dep is not None:
-            if not alive(dep.pid):
+            if not leader_alive(dep):
                 out.append(p)
         elif p.cmdline.startswith("VLLM::") and p.ppid == 1:
             out.append(p)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import NoDeploymentError, StopError
-from .procs import ProcInfo, deployment_processes, end_processes
+from .procs import ProcInfo, end_processes, processes_of
 from .records import Deployment, list_all, load, save
 from .settings import Settings
 from .status import orphans
@@ -20,8 +20,8 @@ class StopResult:
 
 
 def _stop_one(dep: Deployment, settings: Settings, grace: float) -> StopResult:
-    ended = end_processes(deployment_processes(dep.name, dep.pgid), grace=grace)
-    left = deployment_processes(dep.name, dep.pgid)
+    ended = end_processes(processes_of(dep), grace=grace)
+    left = processes_of(dep)
     if left:
         raise StopError(
             f"{len(left)} process(es) of {dep.name} remain after stop: " + "; ".join(p.describe() for p in left),
@@ -29,6 +29,7 @@ def _stop_one(dep: Deployment, settings: Settings, grace: float) -> StopResult:
         )
     if dep.state != "failed":
         dep.state = "stopped"
+    dep.pid = dep.pgid = None  # nothing left: a later process reusing these numbers is not ours
     save(settings, dep)
     return StopResult(dep.name, tuple(ended))
 

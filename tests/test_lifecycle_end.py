@@ -10,7 +10,7 @@ import time
 import pytest
 
 from dsagent.ports import port_is_free
-from dsagent.procs import deployment_processes, vllm_processes
+from dsagent.procs import processes_of, vllm_processes
 from dsagent.records import load
 from dsagent.serve import ServeOptions
 from dsagent.up import up
@@ -19,12 +19,13 @@ pytestmark = pytest.mark.lifecycle_end
 
 
 def test_stop_leaves_no_process_and_frees_the_port(server, settings, cli):
-    assert deployment_processes(server.name)
+    assert processes_of(server)
+    group = server.pgid
     out = cli("stop", server.name)
     assert out.returncode == 0, out.stderr
     assert "none left" in out.stdout
-    assert not deployment_processes(server.name, server.pgid)
-    assert not vllm_processes()
+    assert not processes_of(server)
+    assert not [p for p in vllm_processes() if p.pgid == group]
     assert port_is_free("127.0.0.1", server.port)
     assert json.loads(cli("status", server.name, "--json").stdout)["state"] == "stopped"
 
@@ -33,12 +34,12 @@ def test_sigkill_of_the_api_server_then_stop_leaves_no_vllm_process(settings, cl
     dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
     os.kill(dep.pid, signal.SIGKILL)
     time.sleep(1)
-    survivors = [p for p in deployment_processes(dep.name, dep.pgid) if p.name.startswith("VLLM::")]
+    survivors = [p for p in processes_of(dep) if p.name.startswith("VLLM::")]
     assert survivors, "the engine survives its API server (this is what stop must clean up)"
     assert json.loads(cli("status", dep.name, "--json").stdout)["state"] == "crashed"
     assert any(o["pid"] in {p.pid for p in survivors} for o in json.loads(cli("ps", "--json").stdout)["orphans"])
     out = cli("stop", dep.name)
     assert out.returncode == 0, out.stderr
-    assert not deployment_processes(dep.name, dep.pgid)
-    assert not vllm_processes()
+    assert not processes_of(dep)
+    assert not [p for p in vllm_processes() if p.pgid == dep.pgid or p.pid in {s.pid for s in survivors}]
     assert load(settings, dep.name).state == "stopped"

@@ -29,7 +29,7 @@ def test_cpu_plan_uses_float32_eager_stable_name_and_kv_space():
     assert _flag(argv, "--host") == "127.0.0.1" and _flag(argv, "--port") == "8123"
     assert "--enforce-eager" in argv
     assert "--api-key" not in argv  # the key travels in VLLM_API_KEY, invisible to ps
-    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and plan.env[MARK] == "smol"
+    assert plan.env["VLLM_CPU_KVCACHE_SPACE"] == "2" and plan.env[MARK] == "smol@/h"  # unique per dsagent home
     assert plan.log_file == Path("/h/logs/smol.log")
 
 

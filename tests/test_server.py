@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from dsagent.errors import AlreadyRunningError, InstallError, PortInUseError, StartupError
-from dsagent.procs import deployment_processes
+from dsagent.procs import deployment_processes, mark_for, processes_of
 from dsagent.records import load
 from dsagent.serve import ServeOptions
 from dsagent.up import up
@@ -96,12 +96,12 @@ def test_port_taken_by_another_deployment_names_it(server, settings):
     assert info.value.data["pid"] is not None
 
 
-def test_tp_refused_before_launch(cli):
+def test_tp_refused_before_launch(cli, settings):
     out = cli("up", "--tp", "2", "--port", "auto", "--name", "tp2")
     assert out.returncode == 2
     assert "tensor parallel size 2 does not divide the model's 9 attention heads" in out.stderr
     assert "fix: use --tp in [1, 3, 9]" in out.stderr
-    assert not deployment_processes("tp2")
+    assert not deployment_processes(mark_for(settings.home, "tp2"))
 
 
 def test_missing_vllm_names_the_extra(tmp_path, cli):
@@ -131,5 +131,5 @@ def test_crash_during_start_is_reported_with_the_log_tail_and_leaves_nothing(ser
     assert "vLLM exited while" in str(info.value)
     assert "--no-such-vllm-flag" in info.value.log_tail
     rec = load(settings, "crashy")
-    assert not deployment_processes("crashy", rec.pgid)
+    assert not processes_of(rec)
     assert rec.state == "failed" and "no-such-vllm-flag" in rec.reason
