@@ -120,6 +120,24 @@ def _local_class(base: type) -> type:
                 gen.message.response_metadata["model_provider"] = "deepseek"
             return gen
 
+        def with_structured_output(self, schema: Any = None, *, method: str = "json_schema",
+                                   include_raw: bool = False, strict: bool | None = None, **kwargs: Any) -> Any:
+            """JSON-schema structured output by default: vLLM enforces it by guided decoding
+            with any model, while tool calling needs a tool-call parser the R1 distills lack."""
+            from langchain_openai.chat_models.base import BaseChatOpenAI
+            from pydantic.v1 import BaseModel as BaseModelV1
+
+            if method == "json_schema" and isinstance(schema, type) and issubclass(schema, BaseModelV1) \
+                    and not include_raw:
+                from langchain_core.runnables import RunnableLambda
+                from langchain_core.utils.function_calling import convert_to_json_schema
+
+                inner = BaseChatOpenAI.with_structured_output(self, convert_to_json_schema(schema),
+                                                              method="json_schema", strict=strict, **kwargs)
+                return inner | RunnableLambda(schema.parse_obj)
+            return BaseChatOpenAI.with_structured_output(self, schema, method=method, include_raw=include_raw,
+                                                         strict=strict, **kwargs)
+
         def _split(self, gen: Any, splitter: ThinkSplitter) -> Any:
             msg = gen.message
             if not isinstance(msg.content, str) or "reasoning_content" in msg.additional_kwargs:

@@ -17,24 +17,35 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from dsagent.chat import _local_class, local_deepseek
 
 
+@pytest.fixture(scope="module")
+def vcr_cassette_dir(tmp_path_factory) -> str:
+    """VCR tests are off (enable_vcr_tests is False); keep the fixture's files out of the tree."""
+    return str(tmp_path_factory.mktemp("cassettes"))
+
+
 class _Standard(ChatModelIntegrationTests):
     backend = "deepseek"
 
+    _params: dict[str, Any] = {}
+
     @pytest.fixture(autouse=True)
     def _server(self, server):
+        """Read the deployment once, before any fixture (VCR's) blocks HTTP during setup."""
+        if not type(self)._params:
+            llm = local_deepseek(backend=self.backend)
+            type(self)._params = {
+                "model": llm.model_name,
+                "api_key": llm.openai_api_key if self.backend == "openai" else llm.api_key,
+                "base_url": llm.openai_api_base if self.backend == "openai" else llm.api_base,
+                "stream_usage": True,
+                "max_retries": 1,
+                "timeout": 120,
+            }
         return server
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        llm = local_deepseek(backend=self.backend)
-        return {
-            "model": llm.model_name,
-            "api_key": llm.openai_api_key if self.backend == "openai" else llm.api_key,
-            "base_url": llm.openai_api_base if self.backend == "openai" else llm.api_base,
-            "stream_usage": True,
-            "max_retries": 1,
-            "timeout": 120,
-        }
+        return type(self)._params
 
     @property
     def has_tool_calling(self) -> bool:
@@ -43,10 +54,6 @@ class _Standard(ChatModelIntegrationTests):
     @property
     def has_structured_output(self) -> bool:
         return True
-
-    @property
-    def structured_output_kwargs(self) -> dict[str, Any]:
-        return {"method": "json_schema"}
 
     @property
     def supports_json_mode(self) -> bool:

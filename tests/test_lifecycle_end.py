@@ -30,10 +30,28 @@ def test_stop_leaves_no_process_and_frees_the_port(server, settings, cli):
     assert json.loads(cli("status", server.name, "--json").stdout)["state"] == "stopped"
 
 
-def test_sigkill_of_the_api_server_then_stop_leaves_no_vllm_process(settings, cli):
-    dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
+def test_local_deepseek_waits_for_a_starting_server_then_a_crash_is_reported_and_reaped(settings, cli):
+    """One fresh server: local_deepseek() waits while it starts; after SIGKILL of its API server
+    the crash is reported at once; `dsagent stop` then leaves no vLLM process."""
+    import dsagent
+    from dsagent.errors import DeploymentError, NoDeploymentError
+
+    dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, wait_ready=False)
+    assert dep.state == "starting"
+    t0 = time.monotonic()
+    llm = dsagent.local_deepseek(settings=settings, temperature=0, max_tokens=20)
+    assert time.monotonic() - t0 > 5  # it really waited for the start
+    assert "Paris" in llm.invoke("What is the capital of France?").content
+    dep = load(settings, dep.name)
+    assert dep.state == "ready"
+
     os.kill(dep.pid, signal.SIGKILL)
     time.sleep(1)
+    t0 = time.monotonic()
+    with pytest.raises(DeploymentError) as info:
+        dsagent.local_deepseek(settings=settings)
+    assert not isinstance(info.value, NoDeploymentError) and "crashed" in str(info.value)
+    assert time.monotonic() - t0 < 10
     survivors = [p for p in processes_of(dep) if p.name.startswith("VLLM::")]
     assert survivors, "the engine survives its API server (this is what stop must clean up)"
     assert json.loads(cli("status", dep.name, "--json").stdout)["state"] == "crashed"

@@ -31,3 +31,39 @@ def test_local_deepseek_is_bound_to_the_deployment(server):
     other = dsagent.local_deepseek(backend="openai", temperature=0, max_tokens=20)
     assert isinstance(other, ChatOpenAI)
     assert "Paris" in other.invoke("What is the capital of France?").content
+
+
+async def test_async_and_batch_forms(server):
+    from dsagent import recipes
+
+    assert "Paris" in await recipes.aask("What is the capital of France?")
+    answers = recipes.ask_batch(["What is the capital of France?"] * 3)
+    assert len(answers) == 3 and all("Paris" in a for a in answers)
+    names = await recipes.asuggest_names("a nickname for a baby boy", n=2)
+    assert names and len(names) == len(set(names))
+
+
+def test_chains_compose_with_lcel(server):
+    from dsagent import recipes
+
+    chain = recipes.translate_chain() | (lambda s: s.upper())
+    assert chain.invoke({"text": "I love programming.", "to": "French"}).isupper()
+
+
+def test_no_deployment_names_the_command(tmp_settings):
+    import pytest
+
+    from dsagent.errors import NoDeploymentError
+
+    with pytest.raises(NoDeploymentError) as info:
+        dsagent.local_deepseek(settings=tmp_settings)
+    assert "dsagent up" in info.value.remedy
+
+
+def test_unknown_deployment_name_is_refused(server):
+    import pytest
+
+    from dsagent.errors import NoDeploymentError
+
+    with pytest.raises(NoDeploymentError, match="named 'deepseek-r1-distill-qwen-7b'"):
+        dsagent.local_deepseek("deepseek-r1-distill-qwen-7b")
