@@ -135,7 +135,8 @@ class GpuPlan:
         d = asdict(self)
         head = {k: d.pop(k) for k in ("fits", "weights_gib", "kv_cache_gib", "kv_cache_tokens",
                                       "max_concurrency", "max_model_len_fit")}
-        d["workers"] = [dict(w) for w in d["workers"]]
+        d["workers"] = [{k: round(v, 4) if isinstance(v, float) else v for k, v in w.items()}
+                        for w in d["workers"]]
         d["reasons"], d["suggestions"] = list(self.reasons), list(self.suggestions)
         return {**head, "detail": d}
 

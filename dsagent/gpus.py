@@ -1,0 +1,73 @@
+"""The one place dsagent reads GPUs: nvidia-ml-py when importable, else nothing.
+
+Honours ``CUDA_VISIBLE_DEVICES`` (indices or ``GPU-`` UUIDs). On a machine without NVIDIA GPUs
+or without nvidia-ml-py, ``visible_gpus()`` returns an empty tuple. Nothing is imported at
+module load.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Gpu", "visible_gpus"]
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One visible GPU, sizes in GiB (``total_gib`` as vLLM sees it)."""
+
+    index: int
+    name: str
+    total_gib: float
+    free_gib: float
+    uuid: str = ""
+
+
+def _filter(gpus: list[Gpu], visible: str | None) -> list[Gpu]:
+    if visible is None:
+        return gpus
+    chosen: list[Gpu] = []
+    for item in (v.strip() for v in visible.split(",")):
+        if not item:
+            continue
+        if item.isdigit():
+            chosen.extend(g for g in gpus if g.index == int(item))
+        else:
+            chosen.extend(g for g in gpus if g.uuid and g.uuid.startswith(item))
+    return chosen
+
+
+def _from_nvml(nvml: Any) -> list[Gpu]:
+    nvml.nvmlInit()
+    try:
+        out = []
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            mem = nvml.nvmlDeviceGetMemoryInfo(h)
+            name = nvml.nvmlDeviceGetName(h)
+            uuid = nvml.nvmlDeviceGetUUID(h)
+            out.append(Gpu(i, name.decode() if isinstance(name, bytes) else str(name), mem.total / GIB,
+                           mem.free / GIB, uuid.decode() if isinstance(uuid, bytes) else str(uuid)))
+        return out
+    finally:
+        nvml.nvmlShutdown()
+
+
+def visible_gpus(loader: Callable[[], Any] | None = None, env: dict[str, str] | None = None) -> tuple[Gpu, ...]:
+    """The GPUs vLLM would see, renumbered from 0; empty when there are none or NVML is missing.
+
+    ``loader`` returns the ``pynvml`` module (tests pass a fake); ``env`` defaults to ``os.environ``.
+    """
+    env = os.environ if env is None else env
+    try:
+        nvml = loader() if loader else __import__("pynvml")
+        gpus = _from_nvml(nvml)
+    except Exception:  # no driver, no library, no GPU: all mean "nothing visible"
+        return ()
+    chosen = _filter(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+    return tuple(Gpu(i, g.name, g.total_gib, g.free_gib, g.uuid) for i, g in enumerate(chosen))
