@@ -168,10 +168,10 @@ class Backend:
                 await anyio.sleep(1.0)
             # wait() records the outcome: ready with its measured start time, or failed with the log tail
             await anyio.to_thread.run_sync(lambda: wait(dep, self.settings, timeout=5.0 if state == "ready" else 0.0))
-            log.warning("dsagent: %s is ready at %s", dep.name, dep.base_url)
+            _say(f"dsagent: {dep.name} is ready at {dep.base_url}")
         except Exception as exc:  # reported to every tool call that needs the model
             self.start_error = exc
-            log.warning("dsagent: starting the model failed: %s", exc)
+            _say(f"dsagent: starting the model failed: {exc}")
 
     def _launch(self) -> Deployment:
         """``up(..., wait_ready=False)``; remembers the record when this call launched it."""
@@ -181,7 +181,7 @@ class Backend:
         t0 = time.time()
         try:
             dep = up(self.model, options=self.options or ServeOptions(port=0, device=detect_device()),
-                     settings=self.settings, wait_ready=False, on_step=lambda m: log.warning("dsagent: %s", m))
+                     settings=self.settings, wait_ready=False, on_step=lambda m: _say(f"dsagent: {m}"))
             self.name = dep.name
             if (dep.started_at or 0.0) >= t0:
                 self.started = dep
@@ -196,11 +196,13 @@ class Backend:
         from .stop import stop
 
         name = self.started.name
-        log.warning("dsagent: stopping %s, which this MCP server started", name)
+        _say(f"dsagent: stopping {name}, which this MCP server started")
+        t0 = time.time()
         try:
-            await anyio.to_thread.run_sync(lambda: stop(self.settings, name, grace=10.0))
+            (res,) = await anyio.to_thread.run_sync(lambda: stop(self.settings, name, grace=10.0))
+            _say(f"dsagent: {name} stopped in {time.time() - t0:.1f} s ({len(res.ended)} process(es), none left)")
         except DsagentError as exc:
-            log.warning("dsagent: %s", exc)
+            _say(f"dsagent: {exc}")
         self.started = None
 
     # what the tools need --------------------------------------------------------------------

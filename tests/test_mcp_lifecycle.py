@@ -1,0 +1,59 @@
+"""``dsagent mcp --up``: the handshake does not wait for a cold start, tools say "model is starting",
+and when the client leaves, the vLLM server this MCP server started is gone, every process of it.
+
+It starts a second vLLM server in a home of its own, so it runs last (with the tests that stop the
+session server), never beside another test's server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+from mcp import Client
+from test_mcp import stdio_params, text
+
+from dsagent.catalog import DEFAULT_CPU_MODEL, resolve
+from dsagent.fetch import fetch
+from dsagent.ports import port_is_free
+from dsagent.procs import processes_of
+from dsagent.records import list_all
+from dsagent.settings import Settings
+
+pytestmark = pytest.mark.lifecycle_end
+
+
+@pytest.mark.timeout(900)
+async def test_up_starts_in_the_background_and_exit_leaves_no_process(settings, tmp_path):
+    await anyio.to_thread.run_sync(lambda: fetch(resolve(DEFAULT_CPU_MODEL), settings))  # once per session
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(settings.models_dir)  # share the converted weights, nothing else
+    own = Settings.load(home)
+
+    t0 = time.monotonic()
+    async with Client(stdio_params(home, "--up", "--wait", "2")) as client:
+        handshake = time.monotonic() - t0
+        assert handshake < 30, f"initialize took {handshake:.1f} s: it waited for the model"
+        early = await client.call_tool("ask", {"question": "What is the capital of France?", "max_tokens": 16})
+        assert early.is_error and "model is starting" in text(early) and "try again in" in text(early), text(early)
+
+        with anyio.fail_after(700):
+            while (status := (await client.call_tool("deployment_status", {})).structured_content)["state"] != "ready":
+                assert status["state"] not in ("failed", "crashed", "none"), status
+                await anyio.sleep(2)
+        assert status["started_by_this_mcp_server"] is True
+        out = await client.call_tool("translate", {"text": "I love programming.", "to": "French", "max_tokens": 48})
+        assert not out.is_error, text(out)
+        (dep,) = list_all(own)
+        assert processes_of(dep)
+    closed = time.monotonic()
+
+    with anyio.fail_after(30):
+        while processes_of(dep):
+            await anyio.sleep(0.5)
+    print(f"\n--up: handshake {handshake:.1f} s; all vLLM processes gone {time.monotonic() - closed:.1f} s after the client left")
+    assert port_is_free("127.0.0.1", dep.port)
+    (after,) = list_all(own)
+    assert after.state == "stopped"
