@@ -113,14 +113,15 @@ def stage_weight_bytes(
     heads, hd = int(config["num_attention_heads"]), head_dim(config)
     kvr = kv_heads_per_rank(config, tp)
     qkv_bias = bool(config.get("attention_bias")) or str(config.get("model_type")) == "qwen2"
-    lin = 1 if _is_fp8(config) else dtype_bytes
+    fp8 = _is_fp8(config)
+    lin = 1 if fp8 else dtype_bytes
     q_out, kv_out = heads // tp * hd, kvr * hd
     attn = hidden * (q_out + 2 * kv_out) + q_out * hidden
     mlp = 3 * hidden * (-(-inter // tp))
     per_layer = (attn + mlp) * lin + 2 * hidden * dtype_bytes
     if qkv_bias:
         per_layer += (q_out + 2 * kv_out) * dtype_bytes
-    if lin == 1:  # fp8 per-channel scales (fp32), one per output row of each linear
+    if fp8:  # fp8 per-channel scales (fp32), one per output row of each linear
         per_layer += (q_out + 2 * kv_out + hidden + 2 * (-(-inter // tp)) + hidden) * 4
     total = layers * per_layer + _rope_cache_elems(config) * dtype_bytes
     vocab_rows = pad_vocab(int(config["vocab_size"]), tp)

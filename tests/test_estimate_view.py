@@ -1,0 +1,80 @@
+"""The `dsagent estimate` face: JSON contract, table, no-GPU path, error messages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from dsagent import estimate_view, gpus
+from dsagent.errors import InputError, ParallelismError, UnknownModelError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def run(argv, capsys):
+    ap = argparse.ArgumentParser()
+    estimate_view.add_command(ap.add_subparsers())
+    args = ap.parse_args(["estimate", *argv])
+    rc = args.func(args)
+    return rc, capsys.readouterr().out
+
+
+BASE = ["--gpu-memory-gib", "79.18", "--gpu-memory-utilization", "0.9", "--vllm-version", "0.19.0"]
+
+
+def test_json_contract(capsys):
+    rc, out = run(["deepseek-r1-distill-qwen-7b", *BASE, "--max-model-len", "8192", "--tp", "2", "--pp", "1",
+                   "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["fits"] is True
+    for key in ("weights_gib", "kv_cache_gib", "kv_cache_tokens", "max_concurrency", "max_model_len_fit"):
+        assert key in d
+    assert d["detail"]["tp"] == 2 and len(d["detail"]["workers"]) == 1
+
+
+def test_config_dir_and_table(tmp_path, capsys):
+    from dsagent.catalog import resolve
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(resolve("deepseek-r1-distill-llama-8b").config)))
+    rc, out = run([str(tmp_path), *BASE, "--gpus", "2", "--max-model-len", "8192"], capsys)
+    assert rc == 0 and "verdict: FITS" in out and "|" in out
+
+
+def test_does_not_fit_shows_reasons_and_suggestions(capsys):
+    rc, out = run(["deepseek-r1-distill-llama-70b", *BASE, "--tp", "1", "--max-model-len", "8192", "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 1 and d["fits"] is False and d["detail"]["reasons"] and d["detail"]["suggestions"]
+
+
+def test_bad_tp_names_the_fix(capsys):
+    with pytest.raises(ParallelismError, match="fix: use --tp in"):
+        run(["deepseek-r1-distill-qwen-7b", *BASE, "--tp", "3"], capsys)
+
+
+def test_unknown_model_names_the_catalog(capsys):
+    with pytest.raises(UnknownModelError, match="fix: use one of"):
+        run(["no-such-model", *BASE], capsys)
+
+
+def test_no_gpu_shows_cpu_plan(monkeypatch, capsys):
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: ())
+    rc, out = run(["smollm2-135m-instruct", "--max-model-len", "2048", "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["detail"]["backend"] == "cpu" and "no GPU" in d["detail"]["note"]
+
+
+def test_no_gpu_with_layout_asks_for_memory(monkeypatch, capsys):
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: ())
+    with pytest.raises(InputError, match="fix: pass --gpu-memory-gib"):
+        run(["deepseek-r1-distill-qwen-7b", "--tp", "2"], capsys)
+
+
+def test_reads_visible_gpus(monkeypatch, capsys):
+    fake = (gpus.Gpu(0, "H100", 79.18, 78.0), gpus.Gpu(1, "H100", 79.18, 78.0))
+    monkeypatch.setattr(gpus, "visible_gpus", lambda: fake)
+    rc, out = run(["deepseek-r1-distill-qwen-14b", "--vllm-version", "0.19.0", "--max-model-len", "32768",
+                   "--json"], capsys)
+    d = json.loads(out)
+    assert rc == 0 and d["fits"] and d["detail"]["tp"] * d["detail"]["pp"] <= 2

@@ -1,0 +1,59 @@
+"""gpus.py with a fake pynvml: counting, CUDA_VISIBLE_DEVICES, no-GPU machines."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from dsagent.gpus import visible_gpus
+
+pytestmark = pytest.mark.timeout(10)
+GIB = 1024**3
+
+
+class FakeNvml:
+    def __init__(self, n: int = 3) -> None:
+        self.n, self.shut = n, False
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlShutdown(self):
+        self.shut = True
+
+    def nvmlDeviceGetCount(self):
+        return self.n
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(total=int(79.18 * GIB), free=int((70 + h) * GIB))
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetUUID(self, h):
+        return f"GPU-aaaa-{h}"
+
+
+def test_all_visible():
+    fake = FakeNvml()
+    gpus = visible_gpus(lambda: fake, env={})
+    assert [g.index for g in gpus] == [0, 1, 2] and fake.shut
+    assert gpus[0].name == "NVIDIA H100 80GB HBM3" and gpus[0].total_gib == pytest.approx(79.18)
+
+
+def test_cuda_visible_devices_indices_and_uuids():
+    gpus = visible_gpus(lambda: FakeNvml(), env={"CUDA_VISIBLE_DEVICES": "2,0"})
+    assert [g.free_gib for g in gpus] == pytest.approx([72, 70]) and [g.index for g in gpus] == [0, 1]
+    assert [g.uuid for g in visible_gpus(lambda: FakeNvml(), env={"CUDA_VISIBLE_DEVICES": "GPU-aaaa-1"})] == ["GPU-aaaa-1"]
+    assert visible_gpus(lambda: FakeNvml(), env={"CUDA_VISIBLE_DEVICES": ""}) == ()
+
+
+def test_no_nvml_means_no_gpus():
+    def missing():
+        raise ImportError("No module named 'pynvml'")
+
+    assert visible_gpus(missing, env={}) == ()
