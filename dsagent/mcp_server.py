@@ -61,6 +61,7 @@ __all__ = ["Backend", "Names", "bind_warning", "build_server", "http_token", "mo
 log = logging.getLogger("dsagent.mcp")
 
 RUNNING = ("starting", "loading", "profiling", "ready", "unhealthy")
+SETTLED = ("ready", "failed", "stopped", "crashed")
 STARTING = "model is starting ({phase}, {elapsed:.0f} s so far), try again in {retry} s"
 NO_DEPLOYMENT_FIX = "or restart this MCP server with --up so that it starts one"
 TOO_LONG = (
@@ -162,7 +163,7 @@ class Backend:
         try:
             dep = await anyio.to_thread.run_sync(self._launch)
             deadline = time.time() + self.start_timeout
-            while (state := await anyio.to_thread.run_sync(live_state, dep)) not in ("ready", "failed", "stopped", "crashed"):
+            while (state := await anyio.to_thread.run_sync(live_state, dep)) not in SETTLED:
                 if time.time() > deadline:
                     break
                 await anyio.sleep(1.0)
@@ -283,7 +284,8 @@ class Backend:
             error = self._translate(exc)
             if error is None:
                 log.exception("dsagent: %s failed", recipe)
-                error = ToolError(f"{recipe} failed: {type(exc).__name__}: {exc}\n  fix: read the MCP server's log (stderr)")
+                error = ToolError(f"{recipe} failed: {type(exc).__name__}: {exc}\n"
+                                  "  fix: read the MCP server's log (its stderr)")
             raise error from exc
 
     def _translate(self, exc: Exception) -> ToolError | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import anyio
@@ -104,7 +103,8 @@ async def test_up_attaches_to_a_running_deployment_and_leaves_it_running(server,
         async with Client(stdio_params(settings.home, "--up", "--wait", "20")) as client:
             out = await client.call_tool("ask", {"question": "What is the capital of France?", "max_tokens": 32})
             assert not out.is_error, text(out)
-            assert (await client.call_tool("deployment_status", {})).structured_content["started_by_this_mcp_server"] is False
+            status = (await client.call_tool("deployment_status", {})).structured_content
+            assert status["started_by_this_mcp_server"] is False
     await anyio.sleep(1)
     assert alive(server.pid)
 

@@ -111,7 +111,8 @@ async def test_64_concurrent_tool_calls_are_all_answered(server, http_server):
     results: dict[int, object] = {}
 
     async def one(client, i: int) -> None:
-        results[i] = await client.call_tool("translate", {"text": f"I have {i} apples.", "to": "French", "max_tokens": 24})
+        args = {"text": f"I have {i} apples.", "to": "French", "max_tokens": 24}
+        results[i] = await client.call_tool("translate", args)
 
     async with http_server.client() as client:
         await client.call_tool("deployment_status", {})  # connected before the clock starts

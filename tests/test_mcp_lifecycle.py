@@ -53,7 +53,8 @@ async def test_up_starts_in_the_background_and_exit_leaves_no_process(settings, 
     with anyio.fail_after(30):
         while processes_of(dep):
             await anyio.sleep(0.5)
-    print(f"\n--up: handshake {handshake:.1f} s; all vLLM processes gone {time.monotonic() - closed:.1f} s after the client left")
+    gone = time.monotonic() - closed
+    print(f"\n--up: handshake {handshake:.1f} s; every vLLM process gone {gone:.1f} s after the client left")
     assert port_is_free("127.0.0.1", dep.port)
     (after,) = list_all(own)
     assert after.state == "stopped"
