@@ -39,7 +39,7 @@ from .estimate_arch import (
     stage_weight_bytes,
 )
 
-__all__ = ["CpuPlan", "GpuPlan", "WorkerPlan", "check_layout", "plan_cpu", "plan_gpu", "recommend"]
+__all__ = ["CpuPlan", "GpuPlan", "WorkerPlan", "check_layout", "plan_cpu", "plan_gpu", "raise_unless_fits", "recommend"]
 
 GIB = 1024**3
 CPU_BLOCK_SIZE = 128
