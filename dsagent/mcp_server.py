@@ -200,7 +200,9 @@ class Backend:
         _say(f"dsagent: stopping {name}, which this MCP server started")
         t0 = time.time()
         try:
-            (res,) = await anyio.to_thread.run_sync(lambda: stop(self.settings, name, grace=10.0))
+            # a stdio host allows about 4 s (2 after closing stdin, 2 after SIGTERM) before SIGKILL:
+            # TERM, then KILL after 3 s, so the whole group is gone before this process can be killed
+            (res,) = await anyio.to_thread.run_sync(lambda: stop(self.settings, name, grace=3.0))
             _say(f"dsagent: {name} stopped in {time.time() - t0:.1f} s ({len(res.ended)} process(es), none left)")
         except DsagentError as exc:
             _say(f"dsagent: {exc}")
