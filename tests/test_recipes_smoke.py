@@ -67,3 +67,28 @@ def test_unknown_deployment_name_is_refused(server):
 
     with pytest.raises(NoDeploymentError, match="named 'deepseek-r1-distill-qwen-7b'"):
         dsagent.local_deepseek("deepseek-r1-distill-qwen-7b")
+
+
+def test_recipe_scripts_run_against_the_server(server):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "recipes"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*args: str) -> str:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    for script in ("translate.py", "naming.py", "qa.py"):
+        assert "usage:" in run(sys.executable, str(root / script), "--help")
+    assert "Paris" in run(sys.executable, str(root / "qa.py"), "What is the capital of France?")
+    assert run(sys.executable, str(root / "naming.py"), "a nickname for a baby boy", "-n", "2").strip()
+    # The call_* examples use the server's default sampling, so only their shape is checked.
+    assert run(sys.executable, str(root / "call_openai_sdk.py")).strip()
+    assert run(sys.executable, str(root / "call_chatopenai.py")).strip()
+    assert run(sys.executable, str(root / "call_chatdeepseek.py")).strip()
+    assert '"object":"chat.completion"' in run("bash", str(root / "call_curl.sh")).replace(" ", "")
