@@ -98,13 +98,20 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from .catalog import resolve
     from .fetch import fetch
 
-    res = fetch(resolve(args.model), _settings(), force=args.force, deep_verify=args.verify)
-    if args.json:
-        print(json.dumps({"path": str(res.path), "source": res.source, "reused": res.reused,
+    res = fetch(resolve(args.model), _settings(), force=args.force, deep_verify=args.verify, dry_run=args.dry_run,
+                sources=args.source, mirror=args.mirror, revision=args.revision, progress=False if args.json else None)
+    if res.plan is not None:
+        print(json.dumps(res.plan.to_json(), indent=2) if args.json else res.plan.table())
+    elif args.json:
+        print(json.dumps({"path": str(res.path), "source": res.source, "reused": res.reused, "revision": res.revision,
+                          "refetched": list(res.refetched), "skipped": [list(s) for s in res.skipped],
                           "seconds": round(res.seconds, 2), "manifest": res.manifest}, indent=2))
     else:
         verb = "verified" if args.verify else ("already in the store" if res.reused else "fetched")
-        print(f"{args.model}: {verb} at {res.path} ({res.seconds:.1f} s)")
+        pin = f" @ {res.revision}" if res.revision else ""
+        print(f"{args.model}{pin}: {verb} at {res.path} ({res.seconds:.1f} s)")
+        for name in res.refetched:
+            print(f"  {name} failed verification and was fetched again")
     return 0
 
 
@@ -239,8 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch", help="put a model's weights in the store, verified")
     p.add_argument("model")
     p.add_argument("--force", action="store_true", help="fetch or convert again")
-    p.add_argument("--verify", action="store_true", help="re-check every file's sha256")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--verify", action="store_true",
+                   help="re-check every file's sha256 (hub models: against the source's metadata; bad files are fetched again)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the files, sizes, what is cached and the disk needed vs free; download nothing")
+    p.add_argument("--source", metavar="ORDER",
+                   help="sources to try in order, e.g. hub,mirror,modelscope (default: $DSAGENT_FETCH_SOURCES, "
+                        "else hub,mirror,modelscope; mirror first when one is set)")
+    p.add_argument("--mirror", metavar="URL", help="an HF-compatible mirror (default: $HF_ENDPOINT)")
+    p.add_argument("--revision", help="branch, tag or commit of a hub model (default: main; ModelScope: master)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON; no progress bar")
     p.set_defaults(func=cmd_fetch)
     p = sub.add_parser("status", help="state, URL, KV usage and requests of deployments")
     p.add_argument("name", nargs="?")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ModelSpec
-from .errors import ChecksumError, FetchError, InstallError
+from .errors import ChecksumError, FetchError, InputError, InstallError
 from .settings import Settings
 
 __all__ = ["FetchPlan", "FetchResult", "MANIFEST", "check_safetensors", "fetch", "plan_fetch", "verify"]
@@ -307,6 +307,9 @@ def fetch(spec: ModelSpec, settings: Settings, *, force: bool = False, deep_veri
         if not any(plan.dest.glob("*.safetensors")) and not any(plan.dest.glob("*.bin")):
             raise FetchError(f"{plan.dest} holds no weight files (*.safetensors)", "point at a complete model folder")
         return FetchResult(plan.dest, "local", True, time.time() - t0, {})
+    if dry_run and spec.source != "hub":
+        raise InputError(f"--dry-run plans downloads from a hub; {spec.name} is a {spec.source} model with nothing to download",
+                         f"run `dsagent fetch {spec.name}` ({'converts the bundled GGUF once' if spec.source == 'bundled' else 'checks the folder'})")
     if spec.source == "hub":
         return _fetch_hub(plan, force=force, deep_verify=deep_verify, dry_run=dry_run, sources=sources,
                           mirror=mirror, revision=revision, progress=progress, t0=t0)
