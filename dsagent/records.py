@@ -45,6 +45,7 @@ class Deployment:
     reasoning: bool = False
     engine_python: str = ""
     vllm_version: str = ""
+    revision: str = ""
     estimate: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
 

@@ -180,6 +180,7 @@ def up(
         api_key_file=str(settings.api_key_file), log_file=str(plan.log_file), argv=list(plan.argv),
         env=dict(plan.env), device=o.device, tp=o.tp, pp=o.pp, dtype=o.dtype, max_model_len=o.max_model_len,
         reasoning=spec.reasoning, engine_python=settings.engine_python, vllm_version=version, estimate=estimate,
+        revision=fetched.revision,
         measured={"fetch_seconds": round(fetched.seconds, 1)},
     )
     step(f"serve: {' '.join(plan.argv[1:])}")
