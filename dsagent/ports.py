@@ -53,12 +53,14 @@ def check_port(host: str, port: int, served_name: str, api_key: str) -> str:
         return "ours"
     owner = port_owner(port)
     who = owner.describe() if owner else "a process this user cannot see"
+    stop_hint = ""
     if owner and owner.deployment:
-        who += f" (dsagent deployment {owner.deployment!r})"
+        name, _, home = owner.deployment.partition("@")  # the mark is NAME@DSAGENT_HOME
+        who += f" (dsagent deployment {name!r} of {home or 'another home'})"
+        stop_hint = f"; or stop it: DSAGENT_HOME={home} dsagent stop {name}" if home else f"; or stop it: dsagent stop {name}"
     raise PortInUseError(
         f"port {port} on {host} is taken by {who}",
-        "pick another port with --port N, or let dsagent choose a free one with --port auto"
-        + (f"; or stop it: dsagent stop {owner.deployment}" if owner and owner.deployment else ""),
+        "pick another port with --port N, or let dsagent choose a free one with --port auto" + stop_hint,
         port=port,
         pid=owner.pid if owner else None,
         cmdline=owner.cmdline if owner else None,

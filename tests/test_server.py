@@ -93,6 +93,7 @@ def test_port_taken_by_another_deployment_names_it(server, settings):
     with pytest.raises(PortInUseError) as info:
         up(options=ServeOptions(port=server.port, device="cpu"), name="other", settings=settings)
     assert "dsagent deployment 'smollm2-135m-instruct'" in str(info.value)
+    assert "dsagent stop smollm2-135m-instruct" in info.value.remedy
     assert info.value.data["pid"] is not None
 
 
