@@ -75,6 +75,15 @@ def _print_deployment(dep: Any) -> None:
     print(f"\n{dep.name} is ready" + (f" (started in {secs:.0f} s)" if secs else "") + "\n")
     print(f"  base URL    {dep.base_url}\n  model       {dep.name}\n  API key     {dep.api_key_file}")
     print(f"  log         {dep.log_file}\n  stop with   dsagent stop {dep.name}\n")
+    est, got = dep.estimate or {}, dep.measured or {}
+    rows = [(label, est.get(key), got.get(key)) for label, key in
+            (("KV-cache tokens", "kv_cache_tokens"), ("max concurrency", "max_concurrency"))
+            if est.get(key) is not None and got.get(key) is not None]
+    if rows:
+        print(f"  {'':16} {'estimate':>12} {'measured':>12}")
+        for label, e, m in rows:
+            print(f"  {label:16} {e:>12,} {m:>12,}" + (f"  ({(e - m) / m * 100:+.1f}%)" if m else ""))
+        print()
     for title, text in (("curl", snip["curl"]), ("OpenAI SDK", snip["openai"]), ("LangChain", snip["langchain"])):
         print(f"--- {title} ---\n{text}\n")
 

@@ -166,7 +166,12 @@ def up(
         )
 
     step(f"fetch: {spec.name} ({spec.source})")
-    fetched = fetch(spec, settings)
+    if opts.dummy_weights and spec.source == "local":  # random weights: config.json is all vLLM reads
+        from .fetch import FetchResult
+
+        fetched = FetchResult(spec.path, "local", True, 0.0, {})
+    else:
+        fetched = fetch(spec, settings)
     if not spec.config:
         import json
 
