@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
+from pathlib import Path
 from dataclasses import replace
 
 from .cli import _print_deployment, _Progress
@@ -41,7 +43,8 @@ def main() -> int:
         answer = call()
         print(f"[{title}] {prompt}\n  -> {answer}   ({time.time() - t0:.1f} s)\n")
     _print_deployment(dep)
-    print("The server keeps running. Stop it with: dsagent stop", dep.name)
+    exe = shutil.which("dsagent") or str(Path(sys.executable).with_name("dsagent"))
+    print(f"The server keeps running. Stop it with: {exe} stop {dep.name}")
     return 0
 
 
