@@ -206,7 +206,7 @@ def plan_gpu(
     workers: list[WorkerPlan] = []
     for stage, layers in enumerate(split):
         weights = exact[stage] if exact else stage_weight_bytes(
-            config, tp=tp, pp=pp, stage=stage, layers=layers, dtype_bytes=dbytes)
+            config, tp=tp, pp=pp, stage=stage, layers=layers, dtype_bytes=dbytes, reserved=profile.weights_reserved)
         act = ev.activation_bytes(profile, hidden=hidden, inter_per_rank=-(-inter // tp), vocab=vocab_full,
                                   batched_tokens=tokens_b, max_num_seqs=seqs, dtype_bytes=dbytes,
                                   last_stage=stage == pp - 1)
@@ -321,6 +321,10 @@ def raise_unless_fits(plan: GpuPlan) -> GpuPlan:
     """Raise ``DoesNotFitError`` with the numbers and the fix when ``plan.fits`` is False."""
     if plan.fits:
         return plan
+    if all(" GiB free, below the requested " in r for r in plan.reasons):  # busy GPUs, not the model
+        raise DoesNotFitError("; ".join(plan.reasons),
+                              "free those GPUs (see `dsagent ps` and nvidia-smi), choose idle ones with "
+                              "CUDA_VISIBLE_DEVICES, or lower --gpu-memory-utilization", plan=plan.to_dict())
     fix = "; or ".join(plan.suggestions) or (
         f"try --max-model-len {plan.max_model_len_fit}" if plan.max_model_len_fit >= 16
         else "use more GPUs (--tp/--pp), --kv-cache-dtype fp8, or a smaller model")

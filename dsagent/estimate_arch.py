@@ -42,6 +42,16 @@ DTYPE_BYTES = {
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1,
              "I32": 4, "I64": 8, "I16": 2, "BOOL": 1}
 VOCAB_PADDING = 64
+_LARGE, _GRANULE = 1 << 20, 2 << 20
+
+
+def _rounder(reserved: bool):
+    """Bytes one tensor takes. ``reserved``: what PyTorch's CUDA caching allocator reserves, sizes
+    of 1 MiB and more rounded up to 2 MiB. vLLM 0.26 logs weights that way (a 7B Qwen gets ~0.1 GiB
+    more than its parameters: its 3584-wide matrices are not 2 MiB multiples); 0.8 logged bytes."""
+    if not reserved:
+        return lambda nbytes: nbytes
+    return lambda nbytes: nbytes if nbytes < _LARGE else -(-nbytes // _GRANULE) * _GRANULE
 
 
 def head_dim(config: Mapping[str, Any]) -> int:
@@ -106,32 +116,35 @@ def _rope_cache_elems(config: Mapping[str, Any]) -> int:
 
 
 def stage_weight_bytes(
-    config: Mapping[str, Any], *, tp: int, pp: int, stage: int, layers: int, dtype_bytes: int
+    config: Mapping[str, Any], *, tp: int, pp: int, stage: int, layers: int, dtype_bytes: int,
+    reserved: bool = False,
 ) -> int:
-    """Weight bytes on one TP rank of pipeline ``stage`` holding ``layers`` decoder layers."""
+    """Weight bytes on one TP rank of pipeline ``stage`` holding ``layers`` decoder layers
+    (``reserved``: as the CUDA caching allocator reserves them, see ``_rounder``)."""
+    _alloc = _rounder(reserved)
     hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
     heads, hd = int(config["num_attention_heads"]), head_dim(config)
     kvr = kv_heads_per_rank(config, tp)
     qkv_bias = bool(config.get("attention_bias")) or str(config.get("model_type")) == "qwen2"
     fp8 = _is_fp8(config)
     lin = 1 if fp8 else dtype_bytes
-    q_out, kv_out = heads // tp * hd, kvr * hd
-    attn = hidden * (q_out + 2 * kv_out) + q_out * hidden
-    mlp = 3 * hidden * (-(-inter // tp))
-    per_layer = (attn + mlp) * lin + 2 * hidden * dtype_bytes
+    q_out, kv_out, inter_r = heads // tp * hd, kvr * hd, -(-inter // tp)
+    # vLLM's fused tensors: qkv_proj, o_proj, gate_up_proj, down_proj
+    per_layer = (_alloc(hidden * (q_out + 2 * kv_out) * lin) + _alloc(q_out * hidden * lin)
+                 + _alloc(2 * inter_r * hidden * lin) + _alloc(inter_r * hidden * lin) + 2 * hidden * dtype_bytes)
     if qkv_bias:
         per_layer += (q_out + 2 * kv_out) * dtype_bytes
     if fp8:  # fp8 per-channel scales (fp32), one per output row of each linear
         per_layer += (q_out + 2 * kv_out + hidden + 2 * (-(-inter // tp)) + hidden) * 4
-    total = layers * per_layer + _rope_cache_elems(config) * dtype_bytes
+    total = layers * per_layer + _alloc(_rope_cache_elems(config) * dtype_bytes)
     vocab_rows = pad_vocab(int(config["vocab_size"]), tp)
     tied = bool(config.get("tie_word_embeddings"))
     if stage == 0:
-        total += vocab_rows * hidden * dtype_bytes
+        total += _alloc(vocab_rows * hidden * dtype_bytes)
     if stage == pp - 1:
         total += hidden * dtype_bytes
         if not tied or pp > 1:
-            total += vocab_rows * hidden * dtype_bytes
+            total += _alloc(vocab_rows * hidden * dtype_bytes)
     return total
 
 

@@ -50,6 +50,8 @@ class VllmProfile:
     cudagraph_in_budget: bool   # v0.21+: the CUDA-graph estimate is subtracted from the KV budget
     default_utilization: float
     block_size: int = 16
+    sampler_model_dtype: bool = False  # v0.26+: the sampler peak scales with logits in the model dtype
+    weights_reserved: bool = False     # v0.26+: weights logged as reserved memory (2 MiB granules)
 
 
 def profile_for(version: str | None) -> VllmProfile:
@@ -61,10 +63,17 @@ def profile_for(version: str | None) -> VllmProfile:
         # v0.11-v0.16 logged 4.8-5.6 GiB of activation on H100: a much larger sampler warm-up.
         copies = 9.3 if v >= (0, 11, 0) else 3.27
         return VllmProfile(v, "v1", 0.3, copies, 0.25, 0.55, 0.0, 0.07, False, 0.9)
+    if v >= (0, 26, 0):
+        # Fitted to the 0.26.0 H100 rehearsal (docs/gpu-rehearsal.md): model runner V2 profiles no
+        # CUDA-graph memory up front (its profile_cudagraph_memory() returns 0), so graphs come out
+        # of the slack; non-torch memory at TP 2 was 0.06-0.07 GiB per GPU (TP 1: 0.22); the last
+        # stage's sampler peak was ~2.3 copies of max_num_seqs x vocab logits in the model dtype.
+        return VllmProfile(v, "v1", 0.2, 2.3, 0.22, 0.07, 0.0, 0.07, cudagraph_in_budget=False,
+                           default_utilization=0.92, sampler_model_dtype=True, weights_reserved=True)
     return VllmProfile(
         v, "v1", 0.3, 3.27, 0.24, 2.0, 0.035, 0.07,
         cudagraph_in_budget=v >= (0, 21, 0),
-        default_utilization=0.92 if v >= (0, 26, 0) else 0.9,
+        default_utilization=0.9,
     )
 
 
@@ -83,7 +92,8 @@ def activation_bytes(profile: VllmProfile, *, hidden: int, inter_per_rank: int, 
                      batched_tokens: int, max_num_seqs: int, dtype_bytes: int, last_stage: bool) -> int:
     """Peak torch memory of the profile run on one GPU."""
     forward = batched_tokens * (2 * hidden + 3 * inter_per_rank) * dtype_bytes
-    sampler = profile.sampler_copies * min(max_num_seqs, batched_tokens) * vocab * 4 if last_stage else 0
+    logit_bytes = dtype_bytes if profile.sampler_model_dtype else 4
+    sampler = profile.sampler_copies * min(max_num_seqs, batched_tokens) * vocab * logit_bytes if last_stage else 0
     return int(profile.activation_base_gib * GIB + max(forward, sampler))
 
 

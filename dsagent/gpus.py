@@ -48,10 +48,14 @@ def _from_nvml(nvml: Any) -> list[Gpu]:
         out = []
         for i in range(nvml.nvmlDeviceGetCount()):
             h = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = nvml.nvmlDeviceGetMemoryInfo(h)
+            try:  # v2 reports the driver's reservation; CUDA (and vLLM) see total - reserved
+                mem = nvml.nvmlDeviceGetMemoryInfo(h, version=nvml.nvmlMemory_v2)
+            except Exception:  # older driver or nvidia-ml-py, or a fake without v2
+                mem = nvml.nvmlDeviceGetMemoryInfo(h)
+            total = mem.total - int(getattr(mem, "reserved", 0) or 0)
             name = nvml.nvmlDeviceGetName(h)
             uuid = nvml.nvmlDeviceGetUUID(h)
-            out.append(Gpu(i, name.decode() if isinstance(name, bytes) else str(name), mem.total / GIB,
+            out.append(Gpu(i, name.decode() if isinstance(name, bytes) else str(name), total / GIB,
                            mem.free / GIB, uuid.decode() if isinstance(uuid, bytes) else str(uuid)))
         return out
     finally:

@@ -252,3 +252,20 @@ def test_json_contract_keys():
                            "max_model_len_fit"]
     assert isinstance(d["fits"], bool) and "workers" in d["detail"]
     json.dumps(d)
+
+
+def test_busy_gpu_refusal_names_the_busy_gpu_not_a_shorter_context():
+    # seen on the 0.26.0 H100 rehearsal: the fix offered was "--max-model-len 131072"
+    plan = plan_gpu(Q7, gpu_memory_gib=79.18, max_model_len=8192, vllm_version="0.26.0", free_memory_gib=[4.42])
+    with pytest.raises(DoesNotFitError) as err:
+        raise_unless_fits(plan)
+    assert "4.42 GiB free" in str(err.value) and "CUDA_VISIBLE_DEVICES" in err.value.remedy
+
+
+def test_v026_matches_the_h100_rehearsal():
+    # docs/gpu-rehearsal.md: vLLM 0.26.0 logged 14.32 GiB of weights and 1,070,576 KV tokens
+    # (Qwen-7B shape, TP1, 8192), 32.89 GiB and 507,792 tokens (Llama-70B, TP2 x PP2).
+    q = plan_gpu(Q7, gpu_memory_gib=79.18, max_model_len=8192, vllm_version="0.26.0")
+    assert q.weights_gib == pytest.approx(14.32, rel=0.01) and q.kv_cache_tokens == pytest.approx(1070576, rel=0.03)
+    big = plan_gpu(L70, gpu_memory_gib=79.18, gpus=4, tp=2, pp=2, max_model_len=8192, vllm_version="0.26.0")
+    assert big.weights_gib == pytest.approx(32.89, rel=0.01) and big.kv_cache_tokens == pytest.approx(507792, rel=0.03)

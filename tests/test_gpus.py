@@ -57,3 +57,20 @@ def test_no_nvml_means_no_gpus():
         raise ImportError("No module named 'pynvml'")
 
     assert visible_gpus(missing, env={}) == ()
+
+
+class FakeNvmlV2(FakeNvml):
+    """NVML's v2 memory info, as read on an H100 with driver 580: total 85520809984 bytes of which
+    503316480 are reserved by the driver; CUDA (and vLLM) report 85017493504 = 79.18 GiB."""
+
+    nvmlMemory_v2 = 2
+
+    def nvmlDeviceGetMemoryInfo(self, h, version=None):
+        if version != 2:
+            return SimpleNamespace(total=85520809984, free=85520809984 - 483 * 2**20)
+        return SimpleNamespace(total=85520809984, reserved=503316480, free=85017493504 - 3 * 2**20)
+
+
+def test_total_is_what_cuda_sees_not_nvml_v1():
+    g = visible_gpus(lambda: FakeNvmlV2(1), env={})[0]
+    assert g.total_gib == pytest.approx(79.1787, abs=1e-4) and g.free_gib < g.total_gib
