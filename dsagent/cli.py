@@ -62,7 +62,7 @@ def _serve_options(args: argparse.Namespace) -> Any:
         host=args.host, port=args.port, tp=args.tp, pp=args.pp, dtype=args.dtype,
         max_model_len=args.max_model_len, device=args.device or detect_device(),
         kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
-        enforce_eager=True if args.enforce_eager else None, dummy_weights=args.dummy_weights,
+        enforce_eager=True if args.enforce_eager else None, dummy_weights=args.dummy_weights, tokenizer=args.tokenizer,
         extra_args=tuple(args.vllm_arg or ()),
     )
 
@@ -238,6 +238,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory-utilization", type=float, help="share of each GPU vLLM may use")
     p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile / CUDA graphs")
     p.add_argument("--dummy-weights", action="store_true", help="random weights of the real shapes (rehearsal)")
+    p.add_argument("--tokenizer", help="tokenizer folder or id, if not the model's (e.g. with --dummy-weights)")
     p.add_argument("--vllm-arg", action="append", metavar="ARG", help="pass one more argument to vLLM (repeatable)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for ready (default 900)")
     p.add_argument("--no-wait", action="store_true", help="return once launched")

@@ -41,6 +41,7 @@ class ServeOptions:
     gpu_memory_utilization: float | None = None
     enforce_eager: bool | None = None
     dummy_weights: bool = False
+    tokenizer: str | None = None
     extra_args: tuple[str, ...] = ()
 
 
@@ -124,6 +125,8 @@ def plan_serve(
         argv += ["--pipeline-parallel-size", str(o.pp)]
     if eager:
         argv.append("--enforce-eager")
+    if o.tokenizer:
+        argv += ["--tokenizer", o.tokenizer]
     if o.dummy_weights:
         argv += ["--load-format", "dummy"]
     if reasoning:

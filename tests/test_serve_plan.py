@@ -41,12 +41,13 @@ def test_cpu_pipeline_parallel_binds_threads_and_compiles():
 
 
 def test_gpu_plan_passes_parallelism_and_reasoning_parser():
-    opts = ServeOptions(device="gpu", tp=2, pp=2, gpu_memory_utilization=0.9, dummy_weights=True)
+    opts = ServeOptions(device="gpu", tp=2, pp=2, gpu_memory_utilization=0.9, dummy_weights=True, tokenizer="/tok")
     plan = plan_serve("r1", Path("/m"), SETTINGS, opts, reasoning=True)
     assert _flag(plan.argv, "--tensor-parallel-size") == "2"
     assert _flag(plan.argv, "--gpu-memory-utilization") == "0.9"
     assert _flag(plan.argv, "--reasoning-parser") == "deepseek_r1"
     assert _flag(plan.argv, "--load-format") == "dummy"
+    assert _flag(plan.argv, "--tokenizer") == "/tok"
     assert "--dtype" not in plan.argv and "VLLM_CPU_KVCACHE_SPACE" not in plan.env
 
 
