@@ -1,8 +1,15 @@
-"""Call the running deployment through LangChain's ChatOpenAI: python recipes/call_chatopenai.py"""
+"""Call the running deployment through LangChain's ChatOpenAI.
 
-import sys
+    python recipes/call_chatopenai.py ["question"] [--max-tokens N]
+"""
+
+import argparse
 
 import dsagent
 
-llm = dsagent.local_deepseek(backend="openai")  # a ChatOpenAI bound to the deployment
-print(llm.invoke(sys.argv[1] if len(sys.argv) > 1 else "What is the capital of France?").content)
+parser = argparse.ArgumentParser(description="Ask the deployment through LangChain's ChatOpenAI.")
+parser.add_argument("question", nargs="?", default="What is the capital of France?")
+parser.add_argument("--max-tokens", type=int, default=512)
+args = parser.parse_args()
+llm = dsagent.local_deepseek(backend="openai", max_tokens=args.max_tokens)  # a ChatOpenAI bound to the deployment
+print(llm.invoke(args.question).content)

@@ -1,16 +1,24 @@
-"""Call the running deployment with the OpenAI SDK: python recipes/call_openai_sdk.py ["question"]"""
+"""Call the running deployment with the OpenAI SDK.
 
-import sys
+    python recipes/call_openai_sdk.py ["question"] [--max-tokens N]
+"""
+
+import argparse
 from pathlib import Path
 
 from openai import OpenAI
 
 import dsagent
 
+parser = argparse.ArgumentParser(description="Ask the deployment through the OpenAI SDK.")
+parser.add_argument("question", nargs="?", default="What is the capital of France?")
+parser.add_argument("--max-tokens", type=int, default=512)
+args = parser.parse_args()
 dep = dsagent.attach()
 client = OpenAI(base_url=dep.base_url, api_key=Path(dep.api_key_file).read_text().strip())
 reply = client.chat.completions.create(
     model=dep.name,
-    messages=[{"role": "user", "content": sys.argv[1] if len(sys.argv) > 1 else "What is the capital of France?"}],
+    messages=[{"role": "user", "content": args.question}],
+    max_tokens=args.max_tokens,
 )
 print(reply.choices[0].message.content)
