@@ -8,6 +8,7 @@ so ``ps`` does not show it).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -88,8 +89,12 @@ def plan_serve(
     reasoning: bool = False,
     context_limit: int | None = None,
     cpus: Sequence[int] | None = None,
+    sampling: Mapping[str, float] | None = None,
 ) -> ServePlan:
-    """Build the launch for ``model_path`` served as ``name`` (no I/O)."""
+    """Build the launch for ``model_path`` served as ``name`` (no I/O).
+
+    ``sampling``: the model's server-side defaults for requests that leave them unset.
+    """
     o = options
     argv = [settings.engine_python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(model_path), "--served-model-name", name,
@@ -131,6 +136,8 @@ def plan_serve(
         argv += ["--load-format", "dummy"]
     if reasoning:
         argv += ["--reasoning-parser", "deepseek_r1"]
+    if sampling:
+        argv += ["--override-generation-config", json.dumps(dict(sampling), sort_keys=True)]
     argv += list(o.extra_args)
     return ServePlan(
         name=name,

@@ -33,6 +33,12 @@ def test_cpu_plan_uses_float32_eager_stable_name_and_kv_space():
     assert plan.log_file == Path("/h/logs/smol.log")
 
 
+def test_a_models_sampling_defaults_go_to_the_server_and_none_means_no_flag():
+    plan = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), sampling={"frequency_penalty": 0.3})
+    assert _flag(plan.argv, "--override-generation-config") == '{"frequency_penalty": 0.3}'
+    assert "--override-generation-config" not in plan_serve("smol", Path("/m"), SETTINGS, ServeOptions()).argv
+
+
 def test_cpu_pipeline_parallel_binds_threads_and_compiles():
     plan = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(pp=2), cpus=[0, 1])
     assert _flag(plan.argv, "--pipeline-parallel-size") == "2"
