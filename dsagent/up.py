@@ -51,7 +51,9 @@ def _config_of(spec: ModelSpec) -> dict[str, Any]:
 def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) -> bool:
     wanted_port = opts.port in (0, dep.port)
     same_path = model_path is None or dep.model_path == model_path
-    return wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
+    same_weights = ("dummy" in dep.argv) == opts.dummy_weights  # never answer real calls with random weights
+    return (wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
+            and same_weights)
 
 
 def _preflight(spec: ModelSpec, opts: ServeOptions, vllm_version: str | None = None,
@@ -140,8 +142,9 @@ def up(
         local_path = str(spec.path) if spec.path else None
         if not _same_launch(existing, opts, local_path):
             raise AlreadyRunningError(
-                f"{name} is already running on {existing.base_url} (tp {existing.tp}, pp {existing.pp}, "
-                f"pid {existing.pid}) with other settings than asked",
+                f"{name} is already running on {existing.base_url} (tp {existing.tp}, pp {existing.pp}"
+                f"{', random weights' if 'dummy' in existing.argv else ''}, pid {existing.pid}) with other settings "
+                f"than asked",
                 f"use it as it is, or stop it first: dsagent stop {name}",
                 base_url=existing.base_url,
             )
@@ -166,19 +169,15 @@ def up(
         )
 
     step(f"fetch: {spec.name} ({spec.source})")
-    if opts.dummy_weights and spec.source == "local":  # random weights: config.json is all vLLM reads
-        from .fetch import FetchResult
-
-        fetched = FetchResult(spec.path, "local", True, 0.0, {})
-    else:
-        fetched = fetch(spec, settings)
+    fetched = fetch(spec, settings, weights=not opts.dummy_weights)  # random weights: no weight download
     if not spec.config:
         import json
 
         spec = replace(spec, config=json.loads((fetched.path / "config.json").read_text()))
         opts, estimate = _preflight(spec, opts, version, step)
 
-    plan = plan_serve(name, fetched.path, settings, opts, reasoning=spec.reasoning, context_limit=spec.context_limit)
+    plan = plan_serve(name, fetched.path, settings, opts, reasoning=spec.reasoning, context_limit=spec.context_limit,
+                      sampling=spec.sampling)
     o = plan.options
     record = Deployment(
         name=name, model=spec.repo_id or spec.name, model_path=str(fetched.path), host=o.host, port=o.port,

@@ -100,6 +100,38 @@ def test_full_download_lands_in_the_hf_cache_verified_and_pinned(settings, tmp_p
         assert len(fake.log) == asked
 
 
+def test_a_dummy_weights_rehearsal_fetches_no_weights_and_the_real_fetch_still_does(settings):
+    """`up --dummy-weights` for a hub model: config, tokenizer and template only (megabytes of a
+    70B's 140 GB), no manifest; the next ordinary fetch downloads and verifies the weights and
+    reuses what the rehearsal fetched."""
+    repo = tiny_repo()
+    weights = {n for n in NEEDED if n.endswith(".safetensors")}
+    with serve(repo) as fake:
+        plan = _fetch(settings, fake.url, dry_run=True, weights=False).plan
+        assert {f.path for f in plan.listing.files} == NEEDED - weights
+        res = _fetch(settings, fake.url, weights=False)
+        assert {p.name for p in res.path.iterdir()} == NEEDED - weights
+        assert not any(fake.gets(n) for n in weights)
+        assert res.revision == COMMIT and not (settings.models_dir / "tiny-r1" / MANIFEST).exists()
+
+        full = _fetch(settings, fake.url)
+        assert {p.name for p in full.path.iterdir()} == NEEDED and full.path == res.path
+        assert all(len(fake.gets(n)) == 1 for n in NEEDED)  # nothing fetched twice
+        assert (settings.models_dir / "tiny-r1" / MANIFEST).is_file()
+        asked = len(fake.log)
+        assert _fetch(settings, fake.url, weights=False).reused and len(fake.log) == asked  # full model: reused
+
+
+def test_a_local_folder_needs_only_its_config_for_a_rehearsal(settings, tmp_path):
+    folder = tmp_path / "shape-only"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    spec = resolve(str(folder))
+    assert fetch(spec, settings, weights=False).path == folder
+    with pytest.raises(FetchError, match="no weight files"):
+        fetch(spec, settings)
+
+
 def test_a_cut_connection_resumes_with_a_range_request(settings):
     """The fake hangs up halfway through the first GET of a 24 MB shard (more than the client's
     10 MiB read chunk, so part of it is on disk); the client must ask for the rest with Range."""

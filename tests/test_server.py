@@ -34,6 +34,26 @@ def test_plain_http_needs_the_key_and_gets_paris(server, api_key):
     assert r.status_code == 200 and "Paris" in r.json()["choices"][0]["message"]["content"]
 
 
+def test_the_embedded_models_loop_guard_stops_a_greedy_json_loop(server, api_key):
+    """Greedy guided JSON for this prompt and schema ran to any length limit before the catalog's
+    server-side frequency_penalty; a request that sets its own penalty still gets it."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base_url, api_key=api_key)
+    assert json.loads(server.argv[server.argv.index("--override-generation-config") + 1]) == {"frequency_penalty": 0.3}
+    schema = {"type": "object", "required": ["setup"], "properties": {
+        "setup": {"type": "string", "description": "question to set up a joke"},
+        "punchline": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
+                      "description": "answer to resolve the joke"}}}
+    ask = dict(model=server.name, max_tokens=256, temperature=0,
+               messages=[{"role": "user", "content": "Give me the setup to a joke about cats, no punchline."}],
+               response_format={"type": "json_schema", "json_schema": {"name": "Joke", "schema": schema}})
+    guarded = client.chat.completions.create(**ask).choices[0]
+    assert guarded.finish_reason == "stop" and "setup" in json.loads(guarded.message.content)
+    unguarded = client.chat.completions.create(**ask, frequency_penalty=0).choices[0]
+    assert unguarded.finish_reason == "length"
+
+
 def test_served_model_name_is_stable_not_the_path(server, api_key):
     r = httpx.get(f"{server.base_url}/models", headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
     assert [m["id"] for m in r.json()["data"]] == ["smollm2-135m-instruct"]
@@ -69,6 +89,12 @@ def test_second_up_with_other_settings_is_refused(server, settings):
     with pytest.raises(AlreadyRunningError) as info:
         up(options=ServeOptions(port=server.port + 1, device="cpu"), settings=settings)
     assert "dsagent stop smollm2-135m-instruct" in info.value.remedy
+
+
+def test_a_rehearsal_never_attaches_to_the_real_deployment(server, settings):
+    """--dummy-weights asked of a deployment serving real weights (or the other way round) is refused."""
+    with pytest.raises(AlreadyRunningError, match="other settings"):
+        up(options=ServeOptions(port=0, device="cpu", dummy_weights=True), settings=settings)
 
 
 def test_port_taken_by_a_stranger_is_refused_before_launch(server, cli):
