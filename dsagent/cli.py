@@ -153,6 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from .procs import MARK
     from .records import list_all
     from .status import live_state, orphans
 
@@ -168,8 +169,11 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(f"{name:32} {state:10} {url:28} {pid or '-'}")
     if orphan:
         print("\norphaned vLLM processes (no live deployment owns them; `dsagent stop --orphans` ends them):")
+        mine = {d.env.get(MARK, d.name): d.name for d in list_all(settings)}
         for o in orphan:
-            print(f"  {o.describe()}")
+            left_by = mine.get(o.deployment or "")
+            print(f"  {o.describe()}" + (f"\n    left by deployment {left_by}: `dsagent stop {left_by}` ends it"
+                                        if left_by else ""))
     return 0
 
 

@@ -9,6 +9,7 @@ API server is gone but some of its processes remain: ``dsagent stop`` reaps them
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -99,14 +100,20 @@ def status(dep: Deployment) -> dict[str, Any]:
 
 def orphans(settings: Settings) -> list[ProcInfo]:
     """vLLM processes nobody runs any more: engines re-parented to init, or those of a
-    dsagent deployment whose API server is gone. A stranger's live server is not an orphan."""
-    owners = {d.env.get(MARK, d.name): d for d in list_all(settings)}
+    dsagent deployment whose API server is gone. A stranger's live server is not an orphan.
+
+    Processes left by a deployment of this home (found by its mark or its process group, since
+    an engine's title change wipes its environment) carry that deployment's mark in
+    ``deployment``, so ``ps`` can say which ``dsagent stop NAME`` reaps them."""
+    deps = list_all(settings)
+    owners = {d.env.get(MARK, d.name): d for d in deps}
+    by_pid = {p.pid: d for d in deps for p in processes_of(d)}
     out = []
     for p in vllm_processes():
-        dep = owners.get(p.deployment or "")
+        dep = by_pid.get(p.pid) or owners.get(p.deployment or "")
         if dep is not None:
             if not leader_alive(dep):
-                out.append(p)
+                out.append(replace(p, deployment=dep.env.get(MARK, dep.name)))
         elif p.cmdline.startswith("VLLM::") and p.ppid == 1:
             out.append(p)
     return out

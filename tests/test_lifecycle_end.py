@@ -10,7 +10,7 @@ import time
 import pytest
 
 from dsagent.ports import port_is_free
-from dsagent.procs import processes_of, vllm_processes
+from dsagent.procs import MARK, processes_of, vllm_processes
 from dsagent.records import load
 from dsagent.serve import ServeOptions
 from dsagent.up import up
@@ -55,7 +55,9 @@ def test_local_deepseek_waits_for_a_starting_server_then_a_crash_is_reported_and
     survivors = [p for p in processes_of(dep) if p.name.startswith("VLLM::")]
     assert survivors, "the engine survives its API server (this is what stop must clean up)"
     assert json.loads(cli("status", dep.name, "--json").stdout)["state"] == "crashed"
-    assert any(o["pid"] in {p.pid for p in survivors} for o in json.loads(cli("ps", "--json").stdout)["orphans"])
+    left = [o for o in json.loads(cli("ps", "--json").stdout)["orphans"] if o["pid"] in {p.pid for p in survivors}]
+    assert left and all(o["deployment"] == dep.env[MARK] for o in left)  # named: which stop reaps it
+    assert f"left by deployment {dep.name}: `dsagent stop {dep.name}`" in cli("ps").stdout
     out = cli("stop", dep.name)
     assert out.returncode == 0, out.stderr
     assert not processes_of(dep)
