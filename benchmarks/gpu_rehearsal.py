@@ -57,6 +57,10 @@ SHAPES: dict[str, dict[str, Any]] = {
                         "extra": _LLAMA},
     "qwen1.5b-fp32-tp2pp2": {"model": "deepseek-r1-distill-qwen-1.5b", "tp": 2, "pp": 2, "dtype": "float32",
                              "extra": _QWEN},
+    # Out of sample for the fitted vLLM 0.26 constants: other models, another card (one H200).
+    "llama8b-tp1": {"model": "deepseek-r1-distill-llama-8b", "tp": 1, "pp": 1, "dtype": "auto", "extra": _LLAMA},
+    "qwen32b-tp1": {"model": "deepseek-r1-distill-qwen-32b", "tp": 1, "pp": 1, "dtype": "auto",
+                    "extra": {**_QWEN, "rope_theta": 1000000.0, "rms_norm_eps": 1e-5}},
 }
 MAX_MODEL_LEN = 8192
 
