@@ -158,7 +158,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
     from .status import live_state, orphans
 
     settings = _settings()
-    rows = [(d.name, live_state(d), d.base_url, d.pid) for d in list_all(settings)]
+    deps = list_all(settings)
+    rows = [(d.name, live_state(d), d.base_url, d.pid) for d in deps]
     orphan = orphans(settings)
     if args.json:
         print(json.dumps({"deployments": [dict(zip(("name", "state", "base_url", "pid"), r)) for r in rows],
@@ -169,7 +170,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
         print(f"{name:32} {state:10} {url:28} {pid or '-'}")
     if orphan:
         print("\norphaned vLLM processes (no live deployment owns them; `dsagent stop --orphans` ends them):")
-        mine = {d.env.get(MARK, d.name): d.name for d in list_all(settings)}
+        mine = {d.env.get(MARK, d.name): d.name for d in deps}
         for o in orphan:
             left_by = mine.get(o.deployment or "")
             print(f"  {o.describe()}" + (f"\n    left by deployment {left_by}: `dsagent stop {left_by}` ends it"
