@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -40,7 +41,10 @@ def test_the_embedded_models_loop_guard_stops_a_greedy_json_loop(server, api_key
     from openai import OpenAI
 
     client = OpenAI(base_url=server.base_url, api_key=api_key)
-    assert json.loads(server.argv[server.argv.index("--override-generation-config") + 1]) == {"frequency_penalty": 0.3}
+    defaults = json.loads(server.argv[server.argv.index("--override-generation-config") + 1])
+    assert defaults == {"frequency_penalty": 0.3, "temperature": 0.2, "top_p": 0.9}  # + the model card's sampling
+    log = Path(server.log_file).read_text()
+    assert "sampling parameters have been overridden" in log and "'temperature': 0.2" in log  # vLLM took them
     schema = {"type": "object", "required": ["setup"], "properties": {
         "setup": {"type": "string", "description": "question to set up a joke"},
         "punchline": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None,
