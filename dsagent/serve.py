@@ -22,7 +22,7 @@ from .ready import Progress, failure_reason, log_tail, parse_capacity, wait_read
 from .records import Deployment, save
 from .settings import Settings
 
-__all__ = ["ServeOptions", "ServePlan", "engine_version", "launch", "plan_serve", "thread_binding", "wait"]
+__all__ = ["ServeOptions", "ServePlan", "engine_version", "launch", "plan_serve", "serves_dummy_weights", "thread_binding", "wait"]
 
 CPU_DEFAULT_MAX_MODEL_LEN = 2048
 
@@ -78,6 +78,15 @@ def thread_binding(workers: int, cpus: Sequence[int]) -> str:
     share = len(cpus) // workers
     groups = [cpus[i * share : (i + 1) * share] for i in range(workers)]
     return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+
+
+def serves_dummy_weights(argv: Sequence[str]) -> bool:
+    """Whether a launch (``plan_serve``'s argv, kept in the record) loads random weights.
+
+    >>> serves_dummy_weights(["--served-model-name", "dummy"]), serves_dummy_weights(["--load-format", "dummy"])
+    (False, True)
+    """
+    return any(a == "--load-format" and b == "dummy" for a, b in zip(argv, argv[1:]))
 
 
 def plan_serve(

@@ -20,7 +20,7 @@ from .ports import check_port, free_port
 from .procs import port_owner
 from .ready import Progress
 from .records import Deployment, load, save
-from .serve import ServeOptions, engine_version, launch, plan_serve, wait
+from .serve import ServeOptions, engine_version, launch, plan_serve, serves_dummy_weights, wait
 from .settings import Settings
 from .status import live_state
 
@@ -51,7 +51,7 @@ def _config_of(spec: ModelSpec) -> dict[str, Any]:
 def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) -> bool:
     wanted_port = opts.port in (0, dep.port)
     same_path = model_path is None or dep.model_path == model_path
-    same_weights = ("dummy" in dep.argv) == opts.dummy_weights  # never answer real calls with random weights
+    same_weights = serves_dummy_weights(dep.argv) == opts.dummy_weights  # never answer real calls with random weights
     return (wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
             and same_weights)
 
@@ -143,7 +143,7 @@ def up(
         if not _same_launch(existing, opts, local_path):
             raise AlreadyRunningError(
                 f"{name} is already running on {existing.base_url} (tp {existing.tp}, pp {existing.pp}"
-                f"{', random weights' if 'dummy' in existing.argv else ''}, pid {existing.pid}) with other settings "
+                f"{', random weights' if serves_dummy_weights(existing.argv) else ''}, pid {existing.pid}) with other settings "
                 f"than asked",
                 f"use it as it is, or stop it first: dsagent stop {name}",
                 base_url=existing.base_url,
