@@ -58,12 +58,12 @@ def _clients(base: str) -> list[tuple[str, Any]]:
     from langchain_deepseek import ChatDeepSeek
     from langchain_openai import ChatOpenAI
 
-    from dsagent.chat import _local_class
+    from dsagent.clients.chat import LocalChatDeepSeek, LocalChatOpenAI
 
     oa = {"model": "bench", "api_key": "k", "base_url": base, "max_retries": 0}
     ds = {"model": "bench", "api_key": "k", "api_base": base, "max_retries": 0}
-    return [("ChatOpenAI", ChatOpenAI(**oa)), ("LocalChatOpenAI", _local_class(ChatOpenAI)(**oa)),
-            ("ChatDeepSeek", ChatDeepSeek(**ds)), ("LocalChatDeepSeek", _local_class(ChatDeepSeek)(**ds))]
+    return [("ChatOpenAI", ChatOpenAI(**oa)), ("LocalChatOpenAI", LocalChatOpenAI(**oa)),
+            ("ChatDeepSeek", ChatDeepSeek(**ds)), ("LocalChatDeepSeek", LocalChatDeepSeek(**ds))]
 
 
 async def measure(base: str, n: int, conc: int, rounds: int) -> dict[str, float]:

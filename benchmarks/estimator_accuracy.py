@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dsagent.catalog import resolve  # noqa: E402
-from dsagent.estimate import plan_gpu  # noqa: E402
+from dsagent.plan.catalog import resolve  # noqa: E402
+from dsagent.plan.budget import plan_gpu  # noqa: E402
 
 H100 = 79.19
 

@@ -168,7 +168,7 @@ def dsagent(*args: str, env: dict[str, str] | None = None, timeout: float = 900)
 
 def model_dir(shape: str, base: Path) -> Path:
     """A config-only model folder for ``shape`` (catalog config + the fields vLLM reads)."""
-    from dsagent.catalog import resolve
+    from dsagent.plan.catalog import resolve
 
     s = SHAPES[shape]
     cfg = {**dict(resolve(s["model"]).config), **s["extra"]}
@@ -199,7 +199,7 @@ async def _raw(base_url: str, key: str, name: str, n: int) -> dict[str, Any]:
 
 
 async def _client(name: str, n: int) -> dict[str, Any]:
-    from dsagent.chat import local_deepseek
+    from dsagent.clients.chat import local_deepseek
 
     llm = local_deepseek(name, max_tokens=MAX_TOKENS, temperature=0.0, extra_body={"ignore_eos": True})
     t0 = time.perf_counter()
@@ -313,10 +313,10 @@ def busy(mdir: Path, tokenizer: str) -> dict[str, Any]:
                 "--no-wait", env={"CUDA_VISIBLE_DEVICES": "0"}, timeout=120)
     out: dict[str, Any] = {"gpu0_rc": r.returncode, "gpu0_seconds": round(time.time() - t0, 1),
                            "gpu0_stderr": r.stderr[-1200:]}
-    code = ("import json; from dsagent.gpus import visible_gpus; from dsagent.up import _preflight; "
-            "from dsagent.catalog import resolve; from dsagent.serve import ServeOptions; "
+    code = ("import json; from dsagent.system.gpus import visible_gpus; from dsagent.deploy.up import _preflight; "
+            "from dsagent.plan.catalog import resolve; from dsagent.deploy.launch import ServeOptions; "
             f"spec = resolve({str(mdir)!r}); g = visible_gpus(); "
-            f"o, est = _preflight(spec, ServeOptions(device='gpu', max_model_len={MAX_MODEL_LEN}), '0.26.0'); "
+            f"o, est = _preflight(spec, ServeOptions(device='gpu', max_model_len={MAX_MODEL_LEN}), lambda: '0.26.0'); "
             "print(json.dumps({'visible': [x.__dict__ for x in g], 'fits': est.get('fits'), "
             "'kv_cache_tokens': est.get('kv_cache_tokens')}))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

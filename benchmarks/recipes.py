@@ -21,7 +21,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dsagent  # noqa: E402
-from dsagent import recipes  # noqa: E402
+from dsagent.clients import recipes  # noqa: E402
 
 QUESTIONS = [f"In one sentence, what is {x}?" for x in (
     "the capital of France", "a prime number", "photosynthesis", "gravity", "an atom", "the moon",

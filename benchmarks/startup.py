@@ -23,8 +23,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsagent.procs import deployment_processes, end_processes, spawn  # noqa: E402
-from dsagent.records import load  # noqa: E402
+from dsagent.system.procs import deployment_processes, end_processes, spawn  # noqa: E402
+from dsagent.deploy.records import load  # noqa: E402
 from dsagent.settings import Settings  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def main() -> int:
         import dsagent
 
         t0 = time.perf_counter()
-        dsagent.attach(settings)
+        dsagent.attach(settings=settings)
         attach_lib.append(time.perf_counter() - t0)
         cli("stop", dep.name, env=env)
         bare_env = {**os.environ, **dep.env, "DSAGENT_DEPLOYMENT": "bench-bare",

@@ -1,7 +1,19 @@
 """dsagent: serve DeepSeek models locally with vLLM and use them from LangChain and MCP agents.
 
 Everything public is importable from here; names load on first use, so ``import dsagent``
-stays fast and imports neither torch, vLLM nor LangChain.
+stays fast and imports neither torch, vLLM nor LangChain. No subpackage or module of dsagent
+bears the name of an export, so ``dsagent.up`` is the function even after ``import
+dsagent.deploy.up`` (a test pins it).
+
+The package, in layers (each imports only from the layers before it)::
+
+    errors, settings, files     the exception tree, every setting, file digests and headers
+    system                      processes, GPUs, ports: the machine
+    plan                        the catalog and the memory plan (pure)
+    weights                     fetch: hubs, the bundled model, manifests
+    deploy                      up, launch, ready, status, stop, records, State
+    clients                     LangChain chat classes, reasoning, recipes, snippets
+    mcp, cli, demo              the faces
 """
 
 from __future__ import annotations
@@ -11,38 +23,40 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_ERRORS = (
+    "AlreadyRunningError", "AmbiguousDeploymentError", "ChecksumError", "ConversionError", "DeploymentError",
+    "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError", "InputError",
+    "InstallError", "InvalidOptionError", "NoDeploymentError", "NotReadyError", "ParallelismError",
+    "PortInUseError", "SourceError", "StartupError", "StopError", "StreamTimeoutError", "UnknownModelError",
+)
+
 _EXPORTS = {
-    "AlreadyRunningError": "errors",
-    "ChecksumError": "errors",
-    "Deployment": "records",
-    "DeploymentError": "errors",
-    "DiskSpaceError": "errors",
-    "DoesNotFitError": "errors",
-    "DsagentError": "errors",
-    "FetchError": "errors",
-    "InputError": "errors",
-    "InstallError": "errors",
-    "ModelSpec": "catalog",
-    "NoDeploymentError": "errors",
-    "NotReadyError": "errors",
-    "ParallelismError": "errors",
-    "PortInUseError": "errors",
-    "ServeOptions": "serve",
+    **{name: "errors" for name in _ERRORS},
+    "CpuPlan": "plan.budget",
+    "Deployment": "deploy.records",
+    "FetchResult": "weights.fetch",
+    "GpuPlan": "plan.budget",
+    "LocalChatDeepSeek": "clients.chat",
+    "LocalChatOpenAI": "clients.chat",
+    "ModelSpec": "plan.catalog",
+    "ServeOptions": "deploy.launch",
     "Settings": "settings",
-    "StartupError": "errors",
-    "StopError": "errors",
-    "StreamTimeoutError": "errors",
-    "UnknownModelError": "errors",
-    "ask": "recipes",
-    "attach": "up",
-    "fetch": "fetch",
-    "local_deepseek": "chat",
-    "resolve": "catalog",
-    "status": "status",
-    "stop": "stop",
-    "suggest_names": "recipes",
-    "translate": "recipes",
-    "up": "up",
+    "State": "deploy.state",
+    "StopResult": "deploy.stop",
+    "ask": "clients.recipes",
+    "attach": "deploy.up",
+    "estimate": "plan.estimate",
+    "fetch": "weights.fetch",
+    "local_deepseek": "clients.chat",
+    "plan_cpu": "plan.budget",
+    "plan_gpu": "plan.budget",
+    "recommend": "plan.estimate",
+    "resolve": "plan.catalog",
+    "status": "deploy.status",
+    "stop": "deploy.stop",
+    "suggest_names": "clients.recipes",
+    "translate": "clients.recipes",
+    "up": "deploy.up",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -62,18 +76,22 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .catalog import ModelSpec, resolve
-    from .chat import local_deepseek
+    from .clients.chat import LocalChatDeepSeek, LocalChatOpenAI, local_deepseek
+    from .clients.recipes import ask, suggest_names, translate
+    from .deploy.launch import ServeOptions
+    from .deploy.records import Deployment
+    from .deploy.state import State
+    from .deploy.status import status
+    from .deploy.stop import StopResult, stop
+    from .deploy.up import attach, up
     from .errors import (
-        AlreadyRunningError, ChecksumError, DeploymentError, DiskSpaceError, DoesNotFitError, DsagentError,
-        FetchError, InputError, InstallError, NoDeploymentError, NotReadyError, ParallelismError,
-        PortInUseError, StartupError, StopError, StreamTimeoutError, UnknownModelError,
+        AlreadyRunningError, AmbiguousDeploymentError, ChecksumError, ConversionError, DeploymentError,
+        DeploymentFailedError, DiskSpaceError, DoesNotFitError, DsagentError, FetchError, InputError,
+        InstallError, InvalidOptionError, NoDeploymentError, NotReadyError, ParallelismError, PortInUseError,
+        SourceError, StartupError, StopError, StreamTimeoutError, UnknownModelError,
     )
-    from .fetch import fetch
-    from .recipes import ask, suggest_names, translate
-    from .records import Deployment
-    from .serve import ServeOptions
+    from .plan.budget import CpuPlan, GpuPlan, plan_cpu, plan_gpu
+    from .plan.catalog import ModelSpec, resolve
+    from .plan.estimate import estimate, recommend
     from .settings import Settings
-    from .status import status
-    from .stop import stop
-    from .up import attach, up
+    from .weights.fetch import FetchResult, fetch

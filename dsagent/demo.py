@@ -8,17 +8,18 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
-from .cli import _print_deployment, _Progress
+from .cli._common import Progress, print_deployment
+from .deploy.launch import ServeOptions
+from .deploy.up import up
 from .errors import DsagentError, PortInUseError
-from .serve import ServeOptions
-from .up import detect_device, up
+from .system.gpus import detect_device
 
 
 def main() -> int:
-    progress = _Progress()
+    progress = Progress()
     opts = ServeOptions(port=8000, device=detect_device())
     try:
         try:
@@ -30,7 +31,7 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from .recipes import ask, suggest_names, translate
+    from .clients.recipes import ask, suggest_names, translate
 
     calls = (
         ("Q&A", "What is the capital of France?", lambda: ask("What is the capital of France?")),
@@ -42,7 +43,7 @@ def main() -> int:
         t0 = time.time()
         answer = call()
         print(f"[{title}] {prompt}\n  -> {answer}   ({time.time() - t0:.1f} s)\n")
-    _print_deployment(dep)
+    print_deployment(dep)
     exe = shutil.which("dsagent") or str(Path(sys.executable).with_name("dsagent"))
     print(f"The server keeps running. Stop it with: {exe} stop {dep.name}")
     return 0

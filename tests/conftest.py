@@ -33,10 +33,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     from dsagent.settings import Settings
-    from dsagent.stop import stop
+    from dsagent.deploy.stop import stop
 
     try:
-        stop(Settings.load(_HOME), None)
+        stop(None, settings=Settings.load(_HOME))
     finally:
         shutil.rmtree(_HOME, ignore_errors=True)
 
@@ -51,8 +51,8 @@ def settings():
 @pytest.fixture(scope="session")
 def server(settings):
     """The session's real vLLM CPU server (started on first use, on a free port)."""
-    from dsagent.serve import ServeOptions
-    from dsagent.up import up
+    from dsagent.deploy.launch import ServeOptions
+    from dsagent.deploy.up import up
 
     dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
     assert dep.state == "ready"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dsagent.catalog import CATALOG, DEFAULT_CPU_MODEL, resolve
+from dsagent.plan.catalog import CATALOG, DEFAULT_CPU_MODEL, resolve
 from dsagent.errors import UnknownModelError
 
 

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dsagent.chat import _local_class, fold_system_prompt
+from dsagent.clients.chat import LocalChatDeepSeek, LocalChatOpenAI, fold_system_prompt
 from dsagent.errors import StreamTimeoutError
-from dsagent.reasoning import ThinkSplitter, split_think
+from dsagent.clients.reasoning import ThinkSplitter, split_think
 
 THINK = "The user asks for France's capital. That is Paris."
 ANSWER = "The capital of France is Paris."
@@ -106,11 +106,8 @@ def replay():
 
 
 def _llm(replay, backend: str, **kw):
-    if backend == "deepseek":
-        from langchain_deepseek import ChatDeepSeek as base
-    else:
-        from langchain_openai import ChatOpenAI as base
-    return _local_class(base)(model="deepseek-r1-distill-qwen-7b", api_key="k", base_url=replay.url,
+    cls = LocalChatDeepSeek if backend == "deepseek" else LocalChatOpenAI
+    return cls(model="deepseek-r1-distill-qwen-7b", api_key="k", base_url=replay.url,
                               max_retries=0, timeout=10, **kw)
 
 

@@ -7,15 +7,16 @@ import struct
 
 import pytest
 
-from dsagent.catalog import resolve
+from dsagent.plan.catalog import resolve
 from dsagent.errors import DoesNotFitError, InputError, ParallelismError
-from dsagent.estimate import GIB, check_layout, plan_cpu, plan_gpu, raise_unless_fits, recommend
-from dsagent.estimate_arch import (
+from dsagent.plan.budget import GIB, check_layout, plan_cpu, plan_gpu, raise_unless_fits
+from dsagent.plan.estimate import recommend
+from dsagent.files import read_safetensors_header
+from dsagent.plan.arch import (
     kv_bytes_per_token,
     kv_heads_per_rank,
     pad_vocab,
     pp_layer_split,
-    read_safetensors_header,
     stage_weight_bytes,
 )
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from dsagent import estimate_view, gpus
+from dsagent.cli import estimate as estimate_view
+from dsagent.system import gpus
 from dsagent.errors import InputError, ParallelismError, UnknownModelError
 
 pytestmark = pytest.mark.timeout(30)
@@ -35,7 +36,7 @@ def test_json_contract(capsys):
 
 
 def test_config_dir_and_table(tmp_path, capsys):
-    from dsagent.catalog import resolve
+    from dsagent.plan.catalog import resolve
 
     (tmp_path / "config.json").write_text(json.dumps(dict(resolve("deepseek-r1-distill-llama-8b").config)))
     rc, out = run([str(tmp_path), *BASE, "--gpus", "2", "--max-model-len", "8192"], capsys)
@@ -59,21 +60,21 @@ def test_unknown_model_names_the_catalog(capsys):
 
 
 def test_no_gpu_shows_cpu_plan(monkeypatch, capsys):
-    monkeypatch.setattr(gpus, "visible_gpus", lambda: ())
+    monkeypatch.setattr(gpus, "visible_gpus", lambda **_: ())
     rc, out = run(["smollm2-135m-instruct", "--max-model-len", "2048", "--json"], capsys)
     d = json.loads(out)
     assert rc == 0 and d["detail"]["backend"] == "cpu" and "no GPU" in d["detail"]["note"]
 
 
 def test_no_gpu_with_layout_asks_for_memory(monkeypatch, capsys):
-    monkeypatch.setattr(gpus, "visible_gpus", lambda: ())
+    monkeypatch.setattr(gpus, "visible_gpus", lambda **_: ())
     with pytest.raises(InputError, match="fix: pass --gpu-memory-gib"):
         run(["deepseek-r1-distill-qwen-7b", "--tp", "2"], capsys)
 
 
 def test_reads_visible_gpus(monkeypatch, capsys):
     fake = (gpus.Gpu(0, "H100", 79.18, 78.0), gpus.Gpu(1, "H100", 79.18, 78.0))
-    monkeypatch.setattr(gpus, "visible_gpus", lambda: fake)
+    monkeypatch.setattr(gpus, "visible_gpus", lambda **_: fake)
     rc, out = run(["deepseek-r1-distill-qwen-14b", "--vllm-version", "0.19.0", "--max-model-len", "32768",
                    "--json"], capsys)
     d = json.loads(out)

@@ -11,14 +11,16 @@ import time
 
 import pytest
 
-from dsagent.catalog import resolve
+from dsagent.plan.catalog import resolve
 from dsagent.errors import ChecksumError
-from dsagent.fetch import MANIFEST, check_safetensors, fetch, sha256_file, verify
+from dsagent.files import digest
+from dsagent.weights.fetch import MANIFEST, fetch
+from dsagent.weights.manifest import Manifest, check_safetensors, verify
 
 
 @pytest.fixture(scope="module")
 def fetched(settings):
-    return fetch(resolve("smollm2-135m-instruct"), settings)
+    return fetch(resolve("smollm2-135m-instruct"), settings=settings)
 
 
 def test_conversion_writes_a_complete_hf_folder_with_a_manifest(fetched):
@@ -30,13 +32,13 @@ def test_conversion_writes_a_complete_hf_folder_with_a_manifest(fetched):
     assert manifest["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     assert len(manifest["source_sha256"]) == 64
     st = manifest["files"]["model.safetensors"]
-    assert st["sha256"] == sha256_file(fetched.path / "model.safetensors")
+    assert st["sha256"] == digest(fetched.path / "model.safetensors")
     check_safetensors(fetched.path / "model.safetensors")
 
 
 def test_second_fetch_reuses_the_folder_untouched(fetched, settings):
     before = (fetched.path / "model.safetensors").stat().st_mtime_ns
-    again = fetch(resolve("smollm2-135m-instruct"), settings)
+    again = fetch(resolve("smollm2-135m-instruct"), settings=settings)
     assert again.reused and again.path == fetched.path
     assert again.manifest["source_sha256"] == fetched.manifest["source_sha256"]
     assert (fetched.path / "model.safetensors").stat().st_mtime_ns == before
@@ -85,6 +87,6 @@ def test_a_conversion_killed_midway_leaves_no_model_and_is_redone(tmp_path):
     assert list(models.glob(".staging-*"))  # the half-written work stays out of the store's names
     from dsagent.settings import Settings
 
-    res = fetch(resolve("smollm2-135m-instruct"), Settings.load(home))
+    res = fetch(resolve("smollm2-135m-instruct"), settings=Settings.load(home))
     assert not res.reused and (res.path / MANIFEST).is_file()
     assert not list(models.glob(".staging-*"))

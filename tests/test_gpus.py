@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from dsagent.gpus import visible_gpus
+from dsagent.settings import Settings
+from dsagent.system.gpus import visible_gpus
 
 pytestmark = pytest.mark.timeout(10)
 GIB = 1024**3
@@ -40,23 +41,23 @@ class FakeNvml:
 
 def test_all_visible():
     fake = FakeNvml()
-    gpus = visible_gpus(lambda: fake, env={})
+    gpus = visible_gpus(lambda: fake, settings=Settings.load(env={}))
     assert [g.index for g in gpus] == [0, 1, 2] and fake.shut
     assert gpus[0].name == "NVIDIA H100 80GB HBM3" and gpus[0].total_gib == pytest.approx(79.18)
 
 
 def test_cuda_visible_devices_indices_and_uuids():
-    gpus = visible_gpus(lambda: FakeNvml(), env={"CUDA_VISIBLE_DEVICES": "2,0"})
+    gpus = visible_gpus(lambda: FakeNvml(), settings=Settings.load(env={"CUDA_VISIBLE_DEVICES": "2,0"}))
     assert [g.free_gib for g in gpus] == pytest.approx([72, 70]) and [g.index for g in gpus] == [0, 1]
-    assert [g.uuid for g in visible_gpus(lambda: FakeNvml(), env={"CUDA_VISIBLE_DEVICES": "GPU-aaaa-1"})] == ["GPU-aaaa-1"]
-    assert visible_gpus(lambda: FakeNvml(), env={"CUDA_VISIBLE_DEVICES": ""}) == ()
+    assert [g.uuid for g in visible_gpus(lambda: FakeNvml(), settings=Settings.load(env={"CUDA_VISIBLE_DEVICES": "GPU-aaaa-1"}))] == ["GPU-aaaa-1"]
+    assert visible_gpus(lambda: FakeNvml(), settings=Settings.load(env={"CUDA_VISIBLE_DEVICES": ""})) == ()
 
 
 def test_no_nvml_means_no_gpus():
     def missing():
         raise ImportError("No module named 'pynvml'")
 
-    assert visible_gpus(missing, env={}) == ()
+    assert visible_gpus(missing, settings=Settings.load(env={})) == ()
 
 
 class FakeNvmlV2(FakeNvml):
@@ -72,5 +73,5 @@ class FakeNvmlV2(FakeNvml):
 
 
 def test_total_is_what_cuda_sees_not_nvml_v1():
-    g = visible_gpus(lambda: FakeNvmlV2(1), env={})[0]
+    g = visible_gpus(lambda: FakeNvmlV2(1), settings=Settings.load(env={}))[0]
     assert g.total_gib == pytest.approx(79.1787, abs=1e-4) and g.free_gib < g.total_gib

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from dsagent import hub
-from dsagent.catalog import resolve
+from dsagent.weights import hub, sources
+from dsagent.plan.catalog import resolve
 from dsagent.errors import ChecksumError, DiskSpaceError, FetchError
-from dsagent.fetch import MANIFEST, fetch
+from dsagent.weights.fetch import MANIFEST, fetch
 from dsagent.settings import Settings
 
 from fakehub import COMMIT, Faults, serve, tiny_repo
@@ -58,7 +58,7 @@ def _sha(path: Path) -> str:
 
 
 def _fetch(settings, url, **kw):
-    return fetch(resolve(REPO), settings, sources="mirror", mirror=url, progress=False, **kw)
+    return fetch(resolve(REPO), settings=settings, sources="mirror", mirror=url, progress=False, **kw)
 
 
 def test_dry_run_lists_only_what_vllm_needs_and_downloads_nothing(settings):
@@ -95,7 +95,7 @@ def test_full_download_lands_in_the_hf_cache_verified_and_pinned(settings, tmp_p
         assert record["commit"] == COMMIT and record["files"][SHARD1]["sha256"] == repo.sha256(SHARD1)
 
         asked = len(fake.log)
-        again = fetch(resolve(REPO), settings, progress=False)  # what `up` calls: no network needed
+        again = fetch(resolve(REPO), settings=settings, progress=False)  # what `up` calls: no network needed
         assert again.reused and again.path == res.path and again.revision == COMMIT
         assert len(fake.log) == asked
 
@@ -127,9 +127,9 @@ def test_a_local_folder_needs_only_its_config_for_a_rehearsal(settings, tmp_path
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
     spec = resolve(str(folder))
-    assert fetch(spec, settings, weights=False).path == folder
+    assert fetch(spec, settings=settings, weights=False).path == folder
     with pytest.raises(FetchError, match="no weight files"):
-        fetch(spec, settings)
+        fetch(spec, settings=settings)
 
 
 def test_a_cut_connection_resumes_with_a_range_request(settings):
@@ -159,7 +159,7 @@ def test_a_source_that_keeps_serving_bad_bytes_is_refused_by_file_name(settings)
         with pytest.raises(ChecksumError, match=SHARD1) as info:
             _fetch(settings, fake.url)
     assert "--source" in info.value.remedy
-    snap = Path(hub.hf_cache_dir()) / "models--deepseek-ai--Tiny-R1" / "snapshots" / COMMIT
+    snap = settings.hf_cache / "models--deepseek-ai--Tiny-R1" / "snapshots" / COMMIT
     assert not (snap / SHARD1).exists()  # never left where vLLM would load it
     assert not (settings.models_dir / "tiny-r1" / MANIFEST).exists()
 
@@ -173,7 +173,7 @@ def test_verify_rechecks_the_cache_and_refetches_a_damaged_shard(settings):
         data[-10] ^= 0xFF  # same size, valid header: only a hash can tell
         blob.chmod(0o644)
         blob.write_bytes(bytes(data))
-        assert fetch(resolve(REPO), settings, progress=False).reused  # the quick check cannot see it
+        assert fetch(resolve(REPO), settings=settings, progress=False).reused  # the quick check cannot see it
         checked = _fetch(settings, fake.url, deep_verify=True)
         assert checked.refetched == (SHARD1,)
         assert _sha(checked.path / SHARD1) == repo.sha256(SHARD1)
@@ -186,7 +186,7 @@ def test_disk_space_is_refused_before_any_byte_moves_at_the_exact_boundary(setti
         with pytest.raises(DiskSpaceError) as info:
             _fetch(settings, fake.url)
         assert hub._size(needed) in info.value.problem and "HF_HOME" in info.value.remedy
-        assert info.value.data["needed"] == needed and info.value.data["free"] == needed - 1
+        assert info.value.needed == needed and info.value.free == needed - 1
         assert not any(fake.gets(n) for n in NEEDED)
         monkeypatch.setattr(hub, "disk_free", lambda path: needed)
         assert _fetch(settings, fake.url).path.is_dir()
@@ -220,16 +220,17 @@ def test_every_source_failing_names_each_reason():
     assert "hub: " in msg and "HTTP 500" in msg and "mirror: no mirror configured" in msg
 
 
-def test_modelscope_source_through_the_real_client(settings, monkeypatch, tmp_path):
+def test_modelscope_source_through_the_real_client(monkeypatch, tmp_path):
     repo = tiny_repo()
     with serve(repo, faults=Faults(corrupt_once={SHARD1})) as fake:
         monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
-        res = fetch(resolve(REPO), settings, sources="modelscope", progress=False)
+        settings = Settings.load(tmp_path / "home")  # settings are read from the environment when loaded
+        res = fetch(resolve(REPO), settings=settings, sources="modelscope", progress=False)
         assert res.source == "modelscope"
         assert res.path.is_relative_to(tmp_path / "ms")
         for name in NEEDED:
             assert _sha(res.path / name) == repo.sha256(name)
-        plan = fetch(resolve(REPO), settings, sources="modelscope", dry_run=True).plan
+        plan = fetch(resolve(REPO), settings=settings, sources="modelscope", dry_run=True).plan
         assert plan.cached == NEEDED
 
 
@@ -237,7 +238,7 @@ def test_unknown_source_names_are_refused():
     from dsagent.errors import InputError
 
     with pytest.raises(InputError, match="unknown fetch source"):
-        hub.sources("hub,gitlfs")
+        sources.sources("hub,gitlfs")
 
 
 def test_cli_dry_run_json_and_table(settings, capsys):

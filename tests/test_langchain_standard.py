@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from dsagent.chat import _local_class, local_deepseek
+from dsagent.clients.chat import LocalChatDeepSeek, LocalChatOpenAI, local_deepseek
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,7 @@ class TestLocalChatDeepSeekStandard(_Standard):
 
     @property
     def chat_model_class(self) -> type:
-        from langchain_deepseek import ChatDeepSeek
-
-        return _local_class(ChatDeepSeek)
+        return LocalChatDeepSeek
 
 
 class TestLocalChatOpenAIStandard(_Standard):
@@ -88,6 +86,4 @@ class TestLocalChatOpenAIStandard(_Standard):
 
     @property
     def chat_model_class(self) -> type:
-        from langchain_openai import ChatOpenAI
-
-        return _local_class(ChatOpenAI)
+        return LocalChatOpenAI

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from dsagent.ports import port_is_free
-from dsagent.procs import MARK, processes_of, vllm_processes
-from dsagent.records import load
-from dsagent.serve import ServeOptions
-from dsagent.up import up
+from dsagent.system.ports import port_is_free
+from dsagent.system.procs import MARK, processes_of, vllm_processes
+from dsagent.deploy.records import load
+from dsagent.deploy.launch import ServeOptions
+from dsagent.deploy.up import up
 
 pytestmark = pytest.mark.lifecycle_end
 

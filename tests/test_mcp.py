@@ -11,7 +11,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from dsagent.mcp_server import bind_warning, http_token
+from dsagent.mcp.auth import bind_warning, http_token
 
 # Tests that use ``server`` may be the first to start the session's vLLM server (about a minute on
 # an idle machine, several on a busy one): their pytest timeout covers that; anyio.fail_after
@@ -97,7 +97,7 @@ async def test_no_deployment_is_a_tool_error_that_names_the_command(tmp_path):
 @pytest.mark.timeout(SERVER_START + 120)
 async def test_up_attaches_to_a_running_deployment_and_leaves_it_running(server, settings):
     """--up when the model already runs: it attaches, and on exit stops nothing it did not start."""
-    from dsagent.procs import alive
+    from dsagent.system.procs import alive
 
     with anyio.fail_after(90):
         async with Client(stdio_params(settings.home, "--up", "--wait", "20")) as client:

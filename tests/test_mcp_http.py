@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from dsagent.ports import free_port
+from dsagent.system.ports import free_port
 
 SERVER_START = 600  # see test_mcp.py: the first test to use ``server`` may start it
 INITIALIZE = {

@@ -14,11 +14,11 @@ import pytest
 from mcp import Client
 from test_mcp import stdio_params, text
 
-from dsagent.catalog import DEFAULT_CPU_MODEL, resolve
-from dsagent.fetch import fetch
-from dsagent.ports import port_is_free
-from dsagent.procs import processes_of
-from dsagent.records import list_all
+from dsagent.plan.catalog import DEFAULT_CPU_MODEL, resolve
+from dsagent.weights.fetch import fetch
+from dsagent.system.ports import port_is_free
+from dsagent.system.procs import processes_of
+from dsagent.deploy.records import list_all
 from dsagent.settings import Settings
 
 pytestmark = pytest.mark.lifecycle_end
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.lifecycle_end
 
 @pytest.mark.timeout(900)
 async def test_up_starts_in_the_background_and_exit_leaves_no_process(settings, tmp_path):
-    await anyio.to_thread.run_sync(lambda: fetch(resolve(DEFAULT_CPU_MODEL), settings))  # once per session
+    await anyio.to_thread.run_sync(lambda: fetch(resolve(DEFAULT_CPU_MODEL), settings=settings))  # once per session
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(settings.models_dir)  # share the converted weights, nothing else

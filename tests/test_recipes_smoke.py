@@ -34,7 +34,7 @@ def test_local_deepseek_is_bound_to_the_deployment(server):
 
 
 async def test_async_and_batch_forms(server):
-    from dsagent import recipes
+    from dsagent.clients import recipes
 
     assert "Paris" in await recipes.aask("What is the capital of France?")
     answers = recipes.ask_batch(["What is the capital of France?"] * 3)
@@ -44,7 +44,7 @@ async def test_async_and_batch_forms(server):
 
 
 def test_chains_compose_with_lcel(server):
-    from dsagent import recipes
+    from dsagent.clients import recipes
 
     chain = recipes.translate_chain() | (lambda s: s.upper())
     assert chain.invoke({"text": "I love programming.", "to": "French"}).isupper()

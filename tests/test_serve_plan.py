@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from dsagent.errors import InputError, ParallelismError
-from dsagent.estimate import check_layout
-from dsagent.procs import MARK
-from dsagent.serve import ServeOptions, plan_serve, serves_dummy_weights, thread_binding
+from dsagent.plan.budget import check_layout
+from dsagent.system.procs import MARK
+from dsagent.deploy.launch import ServeOptions, plan_serve, serves_dummy_weights, thread_binding
 from dsagent.settings import Settings
 
 SETTINGS = Settings(home=Path("/h"), engine_python="/venv/bin/python")

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from dsagent.errors import AlreadyRunningError, InstallError, PortInUseError, StartupError
-from dsagent.procs import deployment_processes, mark_for, processes_of
-from dsagent.records import load
-from dsagent.serve import ServeOptions
-from dsagent.up import up
+from dsagent.system.procs import deployment_processes, mark_for, processes_of
+from dsagent.deploy.records import load
+from dsagent.deploy.launch import ServeOptions
+from dsagent.deploy.up import up
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -124,7 +124,7 @@ def test_port_taken_by_another_deployment_names_it(server, settings):
         up(options=ServeOptions(port=server.port, device="cpu"), name="other", settings=settings)
     assert "dsagent deployment 'smollm2-135m-instruct'" in str(info.value)
     assert "dsagent stop smollm2-135m-instruct" in info.value.remedy
-    assert info.value.data["pid"] is not None
+    assert info.value.pid is not None
 
 
 def test_tp_refused_before_launch(cli, settings):
@@ -147,7 +147,7 @@ def test_missing_vllm_names_the_extra(tmp_path, cli):
 def test_missing_vllm_raises_install_error(tmp_path, settings):
     import venv
 
-    from dsagent.serve import engine_version
+    from dsagent.deploy.launch import engine_version
     from dsagent.settings import Settings
 
     venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")

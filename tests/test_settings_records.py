@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from dsagent.records import Deployment, list_all, load, save
+from dsagent.deploy.records import Deployment, list_all, load, save
 from dsagent.settings import Settings
 
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import pytest
 
-from dsagent import gpus as gpus_module
-from dsagent.catalog import resolve
+from dsagent.system import gpus as gpus_module
+from dsagent.plan.catalog import resolve
 from dsagent.errors import DoesNotFitError, ParallelismError
-from dsagent.gpus import Gpu
-from dsagent.serve import ServeOptions
-from dsagent.up import _preflight
+from dsagent.system.gpus import Gpu
+from dsagent.deploy.launch import ServeOptions
+from dsagent.deploy.up import _preflight
 
 
 def _fake(monkeypatch, n: int, total: float = 79.18, free: float | None = None) -> list[str]:
-    monkeypatch.setattr(gpus_module, "visible_gpus", lambda: tuple(
+    monkeypatch.setattr(gpus_module, "visible_gpus", lambda **_: tuple(
         Gpu(i, "NVIDIA H100 80GB HBM3", total, total - 0.5 if free is None else free) for i in range(n)))
     return []
 
@@ -26,7 +26,7 @@ def test_fitting_plan_is_recorded(monkeypatch):
     _fake(monkeypatch, 1)
     steps: list[str] = []
     opts, est = _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu", max_model_len=8192),
-                           "0.26.0", steps.append)
+                           lambda: "0.26.0", steps.append)
     assert est["fits"] and est["kv_cache_tokens"] > 100_000
     assert any(s.startswith("plan:") for s in steps)
     assert opts.max_model_len == 8192
@@ -35,7 +35,7 @@ def test_fitting_plan_is_recorded(monkeypatch):
 def test_full_context_that_does_not_fit_is_shortened_and_said(monkeypatch):
     _fake(monkeypatch, 1, total=23.55)
     steps: list[str] = []
-    opts, est = _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu"), "0.26.0", steps.append)
+    opts, est = _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu"), lambda: "0.26.0", steps.append)
     assert est["fits"] and opts.max_model_len is not None and opts.max_model_len < 131072
     assert any("does not fit; using --max-model-len" in s for s in steps)
 
@@ -43,17 +43,17 @@ def test_full_context_that_does_not_fit_is_shortened_and_said(monkeypatch):
 def test_70b_on_one_gpu_is_refused_with_the_fix(monkeypatch):
     _fake(monkeypatch, 1)
     with pytest.raises(DoesNotFitError) as info:
-        _preflight(resolve("deepseek-r1-distill-llama-70b"), ServeOptions(device="gpu", max_model_len=8192), "0.26.0")
+        _preflight(resolve("deepseek-r1-distill-llama-70b"), ServeOptions(device="gpu", max_model_len=8192), lambda: "0.26.0")
     assert info.value.remedy
 
 
 def test_busy_gpus_are_refused(monkeypatch):
     _fake(monkeypatch, 1, free=20.0)
     with pytest.raises(DoesNotFitError, match="free"):
-        _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu", max_model_len=8192), "0.26.0")
+        _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu", max_model_len=8192), lambda: "0.26.0")
 
 
 def test_more_ranks_than_gpus_is_refused(monkeypatch):
     _fake(monkeypatch, 2)
     with pytest.raises(ParallelismError, match="needs 4 GPUs but 2 are visible"):
-        _preflight(resolve("deepseek-r1-distill-llama-70b"), ServeOptions(device="gpu", tp=2, pp=2), "0.26.0")
+        _preflight(resolve("deepseek-r1-distill-llama-70b"), ServeOptions(device="gpu", tp=2, pp=2), lambda: "0.26.0")

@@ -1,0 +1,106 @@
+"""What the ``dsagent`` commands share: argument types, the serve flags, progress, the ready banner."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..deploy.launch import ServeOptions
+from ..deploy.records import Deployment
+from ..deploy.state import PHASES, State
+from ..settings import Settings
+from ..system.gpus import detect_device
+
+__all__ = ["Progress", "add_serve_flags", "port", "print_deployment", "serve_options", "settings"]
+
+
+def settings() -> Settings:
+    return Settings.load()
+
+
+def port(text: str) -> int:
+    """``--port``: a number in 1-65535, or ``auto`` (0: a free one)."""
+    if text == "auto":
+        return 0
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--port must be a number or 'auto', not {text!r}") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"--port {number} is outside 1-65535")
+    return number
+
+
+class Progress:
+    """One status line on a terminal (rewritten in place); phase changes only otherwise."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream, self.tty, self.last = stream, stream.isatty(), ""
+
+    def step(self, message: str) -> None:
+        print(f"dsagent: {message}", file=self.stream)
+
+    def __call__(self, p: Any) -> None:
+        bar = " -> ".join(x.upper() if x == p.phase else str(x) for x in PHASES)
+        if self.tty:
+            print(f"\r  {bar}  {p.elapsed:5.0f}s ", end="", file=self.stream, flush=True)
+            if p.phase == State.READY:
+                print(file=self.stream)
+        elif p.phase != self.last:
+            print(f"  {p.phase} ({p.elapsed:.0f}s)", file=self.stream, flush=True)
+        self.last = p.phase
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``up`` / ``serve`` (and the MCP server's ``--up``)."""
+    p.add_argument("model", nargs="?", help="catalog name, hub id or model folder (default: the embedded model on CPU)")
+    p.add_argument("--name", help="deployment and served model name (default: the catalog name)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=port, default=8000, help="port number, or 'auto' for a free one (default 8000)")
+    p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
+    p.add_argument("--pp", type=int, default=1, help="pipeline parallel size")
+    p.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPU)")
+    p.add_argument("--max-model-len", type=int, help="context length (CPU default 2048)")
+    p.add_argument("--device", choices=("cpu", "gpu"), help="default: gpu when an NVIDIA GPU is present")
+    p.add_argument("--kv-cache-gib", type=int, help="CPU KV cache size (default: from the estimate)")
+    p.add_argument("--gpu-memory-utilization", type=float, help="share of each GPU vLLM may use")
+    p.add_argument("--enforce-eager", action="store_true", help="skip torch.compile / CUDA graphs")
+    p.add_argument("--dummy-weights", action="store_true", help="random weights of the real shapes (rehearsal)")
+    p.add_argument("--tokenizer", help="tokenizer folder or id, if not the model's (e.g. with --dummy-weights)")
+    p.add_argument("--vllm-arg", action="append", metavar="ARG", help="pass one more argument to vLLM (repeatable)")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for ready (default 900)")
+    p.add_argument("--no-wait", action="store_true", help="return once launched")
+    p.add_argument("--json", action="store_true", help="print the deployment record as JSON")
+
+
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    return ServeOptions(
+        host=args.host, port=args.port, tp=args.tp, pp=args.pp, dtype=args.dtype,
+        max_model_len=args.max_model_len, device=args.device or detect_device(),
+        kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=True if args.enforce_eager else None, dummy_weights=args.dummy_weights, tokenizer=args.tokenizer,
+        extra_args=tuple(args.vllm_arg or ()),
+    )
+
+
+def print_deployment(dep: Deployment) -> None:
+    """The ready banner: where it listens, estimate vs measured, and how to call it."""
+    from ..clients.snippets import snippets
+
+    snip = snippets(dep)
+    secs = dep.measured.get("seconds_to_ready")
+    print(f"\n{dep.name} is ready" + (f" (started in {secs:.0f} s)" if secs else "") + "\n")
+    print(f"  base URL    {dep.base_url}\n  model       {dep.name}\n  API key     {dep.api_key_file}")
+    print(f"  log         {dep.log_file}\n  stop with   dsagent stop {dep.name}\n")
+    est, got = dep.estimate or {}, dep.measured or {}
+    rows = [(label, est.get(key), got.get(key)) for label, key in
+            (("KV-cache tokens", "kv_cache_tokens"), ("max concurrency", "max_concurrency"))
+            if est.get(key) is not None and got.get(key) is not None]
+    if rows:
+        print(f"  {'':16} {'estimate':>12} {'measured':>12}")
+        for label, e, m in rows:
+            print(f"  {label:16} {e:>12,} {m:>12,}" + (f"  ({(e - m) / m * 100:+.1f}%)" if m else ""))
+        print()
+    for title, text in (("curl", snip["curl"]), ("OpenAI SDK", snip["openai"]), ("LangChain", snip["langchain"])):
+        print(f"--- {title} ---\n{text}\n")

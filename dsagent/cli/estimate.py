@@ -1,0 +1,101 @@
+"""``dsagent estimate``: argument parsing, a table with per-GPU bars, or ``--json``.
+
+All logic lives in :mod:`dsagent.plan.estimate`; this module only gathers inputs and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..plan import estimate as planner
+from ..plan.budget import CpuPlan, GpuPlan, WorkerPlan
+from ..plan.catalog import resolve
+
+__all__ = ["add_command", "render", "run"]
+
+BAR = 50
+NO_GPU = "no GPU visible (nvidia-ml-py found none): showing the CPU plan; pass --gpu-memory-gib to plan a GPU machine"
+
+
+def add_command(subparsers: Any) -> None:
+    """Register ``dsagent estimate`` on an argparse subparsers object."""
+    text = "plan vLLM memory per GPU before downloading anything"
+    p = subparsers.add_parser("estimate", help=text, description=text)
+    p.add_argument("model", metavar="MODEL_OR_CONFIG_DIR", help="catalog name or a folder with config.json")
+    p.add_argument("--gpu-memory-gib", type=float, help="memory of each GPU as vLLM sees it (H100: 79.18)")
+    p.add_argument("--gpus", type=int, help="number of GPUs (default: visible GPUs, or tp*pp)")
+    p.add_argument("--gpu-memory-utilization", type=float, help="vLLM's share of each GPU (release default)")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's limit; CPU: 2048)")
+    p.add_argument("--tp", type=int, help="tensor parallel size (default: recommended)")
+    p.add_argument("--pp", type=int, help="pipeline parallel size (default: recommended)")
+    p.add_argument("--vllm-version", default=None, help="vLLM release to model, e.g. 0.19.0")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp8_e4m3, fp8_e5m2")
+    p.add_argument("--max-num-seqs", type=int)
+    p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle ``dsagent estimate``: 0 when the plan fits, 1 when not; bad input raises ``InputError``."""
+    plan = planner.estimate(
+        args.model, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, tp=args.tp, pp=args.pp,
+        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        vllm_version=args.vllm_version, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+        block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    name = resolve(args.model).name
+    if isinstance(plan, CpuPlan):
+        return _cpu(plan, name, args.json)
+    print(json.dumps({**plan.to_dict(), "model": name}, indent=2) if args.json else render(plan, name))
+    return 0 if plan.fits else 1
+
+
+def _cpu(plan: CpuPlan, name: str, as_json: bool) -> int:
+    data = {"fits": True, "weights_gib": round(plan.weights_gib, 3), "kv_cache_gib": plan.kv_cache_gib,
+            "kv_cache_tokens": plan.kv_cache_tokens, "max_concurrency": round(plan.max_concurrency, 2),
+            "max_model_len_fit": plan.max_model_len_fit, "model": name,
+            "detail": {"backend": "cpu", "note": NO_GPU, "ram_available_gib": round(plan.ram_available_gib, 2),
+                       "max_model_len": plan.max_model_len}}
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(NO_GPU, file=sys.stderr)
+    print(f"{name} on CPU: weights {plan.weights_gib:.2f} GiB, KV cache {plan.kv_cache_gib} GiB "
+          f"(VLLM_CPU_KVCACHE_SPACE), {plan.kv_cache_tokens:,} tokens, "
+          f"{plan.max_concurrency:.2f}x at {plan.max_model_len} tokens, longest request {plan.max_model_len_fit:,}; "
+          f"{plan.ram_available_gib:.1f} GiB RAM available")
+    return 0
+
+
+def _bar(w: WorkerPlan) -> str:
+    parts = [("W", w.weights_gib), ("A", w.activation_gib), ("N", w.non_torch_gib + w.cuda_graph_gib),
+             ("K", max(0.0, w.kv_cache_gib)), (".", max(0.0, w.total_gib - w.requested_gib))]
+    scale = BAR / w.total_gib
+    return "".join(ch * round(v * scale) for ch, v in parts)[:BAR].ljust(BAR, " ")
+
+
+def render(plan: GpuPlan, name: str = "") -> str:
+    """The terminal view: summary, one budget row and bar per GPU, reasons and suggestions."""
+    lines = [
+        f"{name}  vLLM {plan.vllm_version} ({plan.engine})  TP {plan.tp} x PP {plan.pp}  "
+        f"{plan.gpu_memory_gib:.2f} GiB/GPU x util {plan.gpu_memory_utilization}",
+        f"verdict: {'FITS' if plan.fits else 'DOES NOT FIT'}   KV cache {plan.kv_cache_tokens:,} tokens, "
+        f"{plan.max_concurrency:.2f}x concurrency at {plan.max_model_len:,} tokens, "
+        f"largest max_model_len {plan.max_model_len_fit:,}",
+        "",
+        f"{'stage':>5} {'layers':>6} {'weights':>8} {'activ.':>7} {'non-torch':>9} {'graphs':>7} {'KV cache':>9}  "
+        "budget (W weights, A activation, N overheads, K KV cache, . headroom)",
+    ]
+    for w in plan.workers:
+        lines.append(f"{w.stage:>5} {w.layers:>6} {w.weights_gib:8.2f} {w.activation_gib:7.2f} "
+                     f"{w.non_torch_gib:9.2f} {w.cuda_graph_gib:7.2f} {w.kv_cache_gib:9.2f}  |{_bar(w)}|")
+    if plan.tp > 1:
+        lines.append(f"(each stage row stands for its {plan.tp} TP ranks, GiB per GPU)")
+    lines += [f"reason: {r}" for r in plan.reasons]
+    lines += [f"suggest: {s}" for s in plan.suggestions]
+    return "\n".join(lines)

@@ -1,0 +1,250 @@
+"""local_deepseek(): a LangChain chat model bound to the running deployment.
+
+Base URL, key and served model name come from the deployment record, so callers never type
+them. ``LocalChatDeepSeek`` and ``LocalChatOpenAI`` subclass ``ChatDeepSeek`` / ``ChatOpenAI``
+and change only what a local vLLM needs: reasoning in one place whatever the server sent, R1's
+system-prompt rule, and streaming timeouts. The model is returned bare (not ``with_retry``), so
+``bind_tools`` and ``with_structured_output`` work.
+
+One layer per concern, no stacking:
+
+====================  =====================  ==================================================
+concern               default                 how
+====================  =====================  ==================================================
+request timeout       120 s (R1: 600 s)       the openai client's ``timeout``
+transport retries     2                       the openai client's ``max_retries`` (connection
+                                              errors, 408/409/429/5xx, with backoff)
+server still loading  wait up to 600 s        ``wait_timeout``: tenacity-bounded; a server that
+                                              dies meanwhile is reported at once with its log
+first token (stream)  120 s                   ``first_token_timeout`` (exact for async streams)
+idle gap (stream)     60 s                    ``idle_timeout``; sync streams get one socket read
+                                              timeout of max(first token, idle)
+R1 sampling           temperature 0.6,        DeepSeek's advice; system prompts are folded into
+                      top_p 0.95              the first user turn
+====================  =====================  ==================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+from langchain_core.outputs import ChatGenerationChunk
+from langchain_deepseek import ChatDeepSeek
+from langchain_openai import ChatOpenAI
+from langchain_openai.chat_models.base import BaseChatOpenAI
+
+from ..deploy.records import Deployment
+from ..deploy.up import attach, up
+from ..errors import InputError, InvalidOptionError, StreamTimeoutError
+from ..plan.catalog import resolve
+from ..settings import Settings
+from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
+
+__all__ = ["LocalChatDeepSeek", "LocalChatOpenAI", "fold_system_prompt", "local_deepseek"]
+
+R1_SAMPLING = {"temperature": 0.6, "top_p": 0.95}
+
+
+def fold_system_prompt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Move system messages into the first user turn (DeepSeek-R1 wants no system prompt).
+
+    >>> fold_system_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    [{'role': 'user', 'content': 'Be brief.\\n\\nHi'}]
+    """
+    system = [m["content"] for m in messages if m.get("role") in ("system", "developer")]
+    if not system:
+        return messages
+    text = "\n\n".join(c if isinstance(c, str) else "".join(b.get("text", "") for b in c) for c in system)
+    rest = [dict(m) for m in messages if m.get("role") not in ("system", "developer")]
+    for m in rest:
+        if m.get("role") == "user":
+            if isinstance(m["content"], str):
+                m["content"] = f"{text}\n\n{m['content']}"
+            else:
+                m["content"] = [{"type": "text", "text": text + "\n\n"}, *m["content"]]
+            return rest
+    return [{"role": "user", "content": text}, *rest]
+
+
+def _stream_timeout(first: bool, llm: _LocalChat) -> StreamTimeoutError:
+    if first:
+        return StreamTimeoutError(f"no first token within {llm.first_token_timeout:.0f} s",
+                                  "raise first_token_timeout (the server may be busy or the prompt long)")
+    return StreamTimeoutError(f"the stream stalled for more than {llm.idle_timeout:.0f} s",
+                              "raise idle_timeout, or check the server with `dsagent status`")
+
+
+async def _aclose(stream: Any) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:  # closing a timed-out stream is best effort
+            pass
+
+
+class _LocalChat(BaseChatOpenAI):
+    """What both local classes add to their LangChain base (listed first among their bases)."""
+
+    first_token_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    fold_system: bool = False
+    think_open: bool = False  # the template opens <think> itself and no parser splits it
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if self.fold_system and "messages" in payload:
+            payload["messages"] = fold_system_prompt(payload["messages"])
+        if payload.get("stream"):
+            payload["timeout"] = httpx.Timeout(max(self.first_token_timeout, self.idle_timeout), connect=10.0)
+        return payload
+
+    def _create_chat_result(self, response: Any, generation_info: dict | None = None) -> Any:
+        result = super()._create_chat_result(response, generation_info)
+        raw = response if isinstance(response, dict) else response.model_dump()
+        for gen, choice in zip(result.generations, raw.get("choices") or []):
+            message = gen.message
+            reasoning = reasoning_of(choice.get("message") or {})
+            if reasoning is None and isinstance(message.content, str):
+                reasoning, answer = split_think(message.content)
+                if reasoning is not None:
+                    message.content = answer
+            place_reasoning(message.additional_kwargs, reasoning)
+            message.response_metadata["model_provider"] = "deepseek"
+        return result
+
+    def _convert_chunk_to_generation_chunk(self, chunk: dict, default_chunk_class: type,
+                                           base_generation_info: dict | None) -> Any:
+        gen = super()._convert_chunk_to_generation_chunk(chunk, default_chunk_class, base_generation_info)
+        choices = chunk.get("choices") or []
+        if gen is not None and choices:
+            place_reasoning(gen.message.additional_kwargs, reasoning_of(choices[0].get("delta") or {}))
+            gen.message.response_metadata["model_provider"] = "deepseek"
+        return gen
+
+    def with_structured_output(self, schema: Any = None, *, method: str = "json_schema",  # type: ignore[override]
+                               include_raw: bool = False, strict: bool | None = None, **kwargs: Any) -> Any:
+        """JSON-schema structured output by default: vLLM enforces it by guided decoding
+        with any model, while tool calling needs a tool-call parser the R1 distills lack."""
+        from pydantic.v1 import BaseModel as BaseModelV1
+
+        if method == "json_schema" and isinstance(schema, type) and issubclass(schema, BaseModelV1) \
+                and not include_raw:
+            from langchain_core.runnables import RunnableLambda
+            from langchain_core.utils.function_calling import convert_to_json_schema
+
+            inner = BaseChatOpenAI.with_structured_output(self, convert_to_json_schema(schema),
+                                                          method="json_schema", strict=strict, **kwargs)
+            return inner | RunnableLambda(schema.parse_obj)
+        return BaseChatOpenAI.with_structured_output(self, schema, method=method, include_raw=include_raw,
+                                                     strict=strict, **kwargs)
+
+    def _split(self, gen: Any, splitter: ThinkSplitter) -> Any:
+        """Raw ``<think>`` of a streamed chunk moved into its reasoning (no parser on the server)."""
+        msg = gen.message
+        if not isinstance(msg.content, str) or "reasoning_content" in msg.additional_kwargs:
+            return gen
+        reasoning, content = splitter.feed(msg.content)
+        if not reasoning and content == msg.content:
+            return gen
+        extra = dict(msg.additional_kwargs)
+        if reasoning:
+            extra["reasoning_content"] = reasoning
+        new = msg.model_copy(update={"content": content, "additional_kwargs": extra})
+        return ChatGenerationChunk(message=new, generation_info=gen.generation_info)
+
+    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        splitter = ThinkSplitter(inside=self.think_open)
+        first = True
+        try:
+            for gen in super()._stream(*args, **kwargs):
+                first = False
+                yield self._split(gen, splitter)
+        except (httpx.ReadTimeout, openai.APITimeoutError) as exc:
+            raise _stream_timeout(first, self) from exc
+
+    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        splitter = ThinkSplitter(inside=self.think_open)
+        stream = super()._astream(*args, **kwargs).__aiter__()
+        first = True
+        while True:
+            limit = self.first_token_timeout if first else self.idle_timeout
+            try:
+                gen = await asyncio.wait_for(stream.__anext__(), timeout=limit)
+            except StopAsyncIteration:
+                return
+            except (asyncio.TimeoutError, httpx.ReadTimeout, openai.APITimeoutError) as exc:
+                await _aclose(stream)
+                raise _stream_timeout(first, self) from exc
+            first = False
+            yield self._split(gen, splitter)
+
+
+class LocalChatDeepSeek(_LocalChat, ChatDeepSeek):
+    """``ChatDeepSeek`` for a local vLLM deployment (what ``local_deepseek()`` returns).
+
+    >>> LocalChatDeepSeek(model="m", api_key="k", base_url="http://127.0.0.1:8000/v1").idle_timeout
+    60.0
+    """
+
+
+class LocalChatOpenAI(_LocalChat, ChatOpenAI):
+    """``ChatOpenAI`` for a local vLLM deployment (``local_deepseek(backend="openai")``)."""
+
+
+def _deployment(model: str | None, ensure: bool, settings: Settings, wait_timeout: float) -> Deployment:
+    if ensure:
+        return up(model, settings=settings, timeout=wait_timeout)
+    return attach(_name_of(model) if model else None, settings=settings, wait_timeout=wait_timeout)
+
+
+def _name_of(model: str) -> str:
+    try:
+        return resolve(model).name
+    except InputError:
+        return model
+
+
+def local_deepseek(
+    model: str | None = None,
+    *,
+    backend: str = "deepseek",
+    ensure: bool = False,
+    settings: Settings | None = None,
+    wait_timeout: float = 600.0,
+    **overrides: Any,
+) -> LocalChatDeepSeek | LocalChatOpenAI:
+    """A ``LocalChatDeepSeek`` (default) or ``LocalChatOpenAI`` (``backend="openai"``) for the deployment.
+
+    ``model`` picks a deployment by name when several run; ``ensure=True`` starts it (or waits
+    for it) first. ``overrides`` go to the chat model class (``temperature``, ``max_tokens``,
+    ``timeout``, ``first_token_timeout``, ``idle_timeout``, ...).
+
+    >>> llm = local_deepseek()                                  # doctest: +SKIP
+    >>> llm.invoke("What is the capital of France?").content   # doctest: +SKIP
+    'The capital of France is Paris.'
+    """
+    if backend not in ("deepseek", "openai"):
+        raise InvalidOptionError(f"unknown backend {backend!r}", 'use backend="deepseek" or backend="openai"',
+                                 option="backend", value=backend)
+    settings = settings or Settings.load()
+    dep = _deployment(model, ensure, settings, wait_timeout)
+    params: dict[str, Any] = {
+        "model": dep.name,
+        "api_key": Path(dep.api_key_file).read_text().strip(),
+        "base_url": dep.base_url,
+        "timeout": 600.0 if dep.reasoning else 120.0,
+        "max_retries": 2,
+        "stream_usage": True,
+        "fold_system": dep.reasoning,
+    }
+    if dep.reasoning:
+        params.update(R1_SAMPLING)
+        params["think_open"] = "--reasoning-parser" not in dep.argv
+    params.update(overrides)
+    return (LocalChatDeepSeek if backend == "deepseek" else LocalChatOpenAI)(**params)

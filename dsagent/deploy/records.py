@@ -1,0 +1,110 @@
+"""One JSON state record per deployment, under ``<home>/deployments/<name>.json``.
+
+The record is the deployment's receipt: what was launched (argv, environment overrides, model
+path and source checksum, vLLM version), where it listens, which processes are its own, what
+the estimate said and what the server reported (KV capacity, time to ready).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..settings import Settings
+from .state import State
+
+__all__ = ["Deployment", "delete", "list_all", "load", "save"]
+
+
+@dataclass
+class Deployment:
+    """The state of one deployment; ``state`` is the last phase dsagent saw."""
+
+    name: str
+    model: str
+    model_path: str
+    host: str
+    port: int
+    api_key_file: str
+    log_file: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None
+    pgid: int | None = None
+    state: State = State.PLANNED
+    reason: str = ""
+    started_at: float | None = None
+    ready_at: float | None = None
+    device: str = "cpu"
+    tp: int = 1
+    pp: int = 1
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    reasoning: bool = False
+    engine_python: str = ""
+    vllm_version: str = ""
+    revision: str = ""
+    estimate: dict[str, Any] = field(default_factory=dict)
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["base_url"] = self.base_url
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Deployment:
+        names = {f.name for f in fields(cls)}
+        dep = cls(**{k: v for k, v in data.items() if k in names})
+        dep.state = State(dep.state)
+        return dep
+
+
+def _path(settings: Settings, name: str) -> Path:
+    return settings.deployments_dir / f"{name}.json"
+
+
+def save(settings: Settings, dep: Deployment) -> Path:
+    """Write the record atomically (a reader never sees half a file)."""
+    path = _path(settings, dep.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dep.to_json(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load(settings: Settings, name: str) -> Deployment | None:
+    path = _path(settings, name)
+    try:
+        return Deployment.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+
+
+def list_all(settings: Settings) -> list[Deployment]:
+    if not settings.deployments_dir.is_dir():
+        return []
+    out = []
+    for path in sorted(settings.deployments_dir.glob("*.json")):
+        try:
+            out.append(Deployment.from_json(json.loads(path.read_text())))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            continue
+    return out
+
+
+def delete(settings: Settings, name: str) -> None:
+    _path(settings, name).unlink(missing_ok=True)

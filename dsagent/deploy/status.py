@@ -1,0 +1,145 @@
+"""status and ps: what a deployment is doing now, read from its processes, /health and /metrics.
+
+``live_state`` is the one reading of a deployment's ``State``; ``find`` the one lookup of the
+deployment a command or a client means (by name, else the newest running one); ``report`` the
+JSON of ``dsagent status --json``; ``orphans`` what ``dsagent ps`` lists as left behind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from ..errors import NoDeploymentError
+from ..settings import Settings
+from ..system.procs import MARK, ProcInfo, leader_alive, processes_of, vllm_processes
+from .ready import log_tail, start_state
+from .records import Deployment, list_all, load
+from .state import State
+
+__all__ = ["find", "live_state", "orphans", "parse_metrics", "report", "status"]
+
+_METRIC = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+\-]+|NaN)\s*$", re.MULTILINE)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Sum vLLM's Prometheus gauges over engines (``vllm:`` prefix dropped).
+
+    >>> parse_metrics('vllm:num_requests_running{engine="0"} 2.0\\nvllm:kv_cache_usage_perc{engine="0"} 0.25')
+    {'num_requests_running': 2.0, 'kv_cache_usage_perc': 0.25}
+    """
+    out: dict[str, float] = {}
+    for name, value in _METRIC.findall(text):
+        key = name.removeprefix("vllm:")
+        if value != "NaN":
+            out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def _get(url: str, timeout: float = 2.0) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=timeout)
+    except httpx.HTTPError:
+        return None
+
+
+def live_state(dep: Deployment) -> State:
+    """The deployment's state now, from its API server, ``/health``, its log and its processes."""
+    if leader_alive(dep):
+        r = _get(f"{dep.root_url}/health")
+        if r is not None and r.status_code == 200:
+            return State.READY
+        if dep.state in (State.READY, State.UNHEALTHY):
+            return State.UNHEALTHY
+        return start_state(log_tail(dep.log_file, 400))
+    if processes_of(dep):
+        return State.CRASHED
+    return State.FAILED if dep.state == State.FAILED else State.STOPPED
+
+
+def find(settings: Settings, name: str | None = None) -> tuple[Deployment | None, State, list[tuple[Deployment, State]]]:
+    """The newest running deployment (named ``name`` when given) and its state, and every
+    deployment of that name (or all) with its state, for the caller to say why none runs."""
+    deps = [(d, live_state(d)) for d in list_all(settings) if name is None or d.name == name]
+    running = [(d, s) for d, s in deps if s.running]
+    if not running:
+        return None, State.STOPPED, deps
+    dep, state = max(running, key=lambda ds: ds[0].started_at or 0.0)
+    return dep, state, deps
+
+
+def report(dep: Deployment) -> dict[str, Any]:
+    """The record plus the live view: state, processes, KV usage and requests from /metrics."""
+    state = live_state(dep)
+    procs = processes_of(dep) if state != State.STOPPED else []
+    out: dict[str, Any] = {
+        "name": dep.name,
+        "state": str(state),
+        "model": dep.model,
+        "served_model_name": dep.name,
+        "base_url": dep.base_url,
+        "api_key_file": dep.api_key_file,
+        "pid": dep.pid if leader_alive(dep) else None,
+        "processes": [{"pid": p.pid, "name": p.name} for p in procs],
+        "model_path": dep.model_path,
+        "log_file": dep.log_file,
+        "device": dep.device,
+        "tp": dep.tp,
+        "pp": dep.pp,
+        "dtype": dep.dtype,
+        "max_model_len": dep.max_model_len,
+        "vllm_version": dep.vllm_version,
+        "reason": dep.reason if state in (State.FAILED, State.CRASHED, State.UNHEALTHY) else "",
+        "estimate": dep.estimate,
+        "measured": dep.measured,
+        "kv_cache_usage": None,
+        "requests_running": None,
+        "requests_waiting": None,
+    }
+    if state == State.CRASHED:
+        out["reason"] = "the API server is gone but its engine processes remain; run: dsagent stop " + dep.name
+    if state == State.READY:
+        r = _get(f"{dep.root_url}/metrics")
+        if r is not None and r.status_code == 200:
+            m = parse_metrics(r.text)
+            out["kv_cache_usage"] = m.get("kv_cache_usage_perc", m.get("gpu_cache_usage_perc"))
+            out["requests_running"] = m.get("num_requests_running")
+            out["requests_waiting"] = m.get("num_requests_waiting")
+    return out
+
+
+def status(name: str | None = None, *, settings: Settings | None = None) -> dict[str, Any]:
+    """``report`` of deployment ``name``, else of the newest running (or newest) deployment."""
+    settings = settings or Settings.load()
+    dep = load(settings, name) if name else find(settings)[0]
+    if dep is None and name is None:
+        dep = max(list_all(settings), key=lambda d: d.started_at or 0.0, default=None)
+    if dep is None:
+        which = f" named {name!r}" if name else ""
+        raise NoDeploymentError(f"no deployment{which} in {settings.home}",
+                                "list them with `dsagent ps`; start one with `dsagent up`", name=name)
+    return report(dep)
+
+
+def orphans(settings: Settings) -> list[ProcInfo]:
+    """vLLM processes nobody runs any more: engines re-parented to init, or those of a
+    dsagent deployment whose API server is gone. A stranger's live server is not an orphan.
+
+    Processes left by a deployment of this home (found by its mark or its process group, since
+    an engine's title change wipes its environment) carry that deployment's mark in
+    ``deployment``, so ``ps`` can say which ``dsagent stop NAME`` reaps them."""
+    deps = list_all(settings)
+    owners = {d.env.get(MARK, d.name): d for d in deps}
+    by_pid = {p.pid: d for d in deps for p in processes_of(d)}
+    out = []
+    for p in vllm_processes():
+        dep = by_pid.get(p.pid) or owners.get(p.deployment or "")
+        if dep is not None:
+            if not leader_alive(dep):
+                out.append(replace(p, deployment=dep.env.get(MARK, dep.name)))
+        elif p.cmdline.startswith("VLLM::") and p.ppid == 1:
+            out.append(p)
+    return out

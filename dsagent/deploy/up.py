@@ -1,0 +1,195 @@
+"""up: estimate -> fetch -> serve in one call, refusing bad input before anything expensive.
+
+Order of checks (cheap first): model name, existing deployment, parallel layout, context
+length, vLLM install, memory plan, port; then the fetch (minutes) and the launch. ``attach``
+finds the running deployment a client means.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from functools import cache
+from typing import Any
+
+from ..errors import AlreadyRunningError, DeploymentFailedError, InvalidOptionError, NoDeploymentError
+from ..plan.budget import check_layout, cpu_context, plan_cpu, plan_gpu, raise_unless_fits
+from ..plan.catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
+from ..settings import Settings
+from ..system import gpus as machine
+from ..system.gpus import detect_device
+from ..system.ports import check_port, free_port
+from ..system.procs import port_owner
+from ..weights.fetch import fetch
+from .launch import ServeOptions, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
+from .ready import Progress, log_tail
+from .records import Deployment, load
+from .state import State
+from .status import find, live_state
+
+__all__ = ["DEFAULT_GPU_MODEL", "attach", "up"]
+
+DEFAULT_GPU_MODEL = "deepseek-r1-distill-qwen-7b"
+Step = Callable[[str], None]
+
+
+def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) -> bool:
+    wanted_port = opts.port in (0, dep.port)
+    same_path = model_path is None or dep.model_path == model_path
+    same_weights = serves_dummy_weights(dep.argv) == opts.dummy_weights  # never answer real calls with random weights
+    return (wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
+            and same_weights)
+
+
+def _preflight(spec: ModelSpec, opts: ServeOptions, version: Callable[[], str],
+               step: Step = lambda _m: None, settings: Settings | None = None) -> tuple[ServeOptions, dict[str, Any]]:
+    """Layout, context and memory checks; returns the options with dsagent's choices filled in.
+
+    ``version`` gives the engine's vLLM version; it is asked only once the cheap checks pass."""
+    config = dict(spec.config)
+    if not config:
+        return opts, {}
+    check_layout(config, opts.tp, opts.pp)
+    limit = spec.context_limit
+    if opts.max_model_len and limit and opts.max_model_len > limit:
+        raise InvalidOptionError(f"--max-model-len {opts.max_model_len} exceeds {spec.name}'s limit of {limit} tokens",
+                                 f"use --max-model-len {limit} or less", option="--max-model-len",
+                                 value=opts.max_model_len)
+    if opts.device == "cpu":
+        float32 = opts.dtype in ("auto", "float32")
+        plan = plan_cpu(config, max_model_len=cpu_context(limit, opts.max_model_len), ram_available_bytes=machine.ram_available(),
+                        kv_cache_gib=opts.kv_cache_gib, kv_bytes_per_element=4 if float32 else 2,
+                        weight_bytes_per_param=4 if float32 else 2)
+        return replace(opts, kv_cache_gib=plan.kv_cache_gib), asdict(plan)
+    return _preflight_gpu(config, spec, opts, version(), step, settings)
+
+
+def _preflight_gpu(config: dict[str, Any], spec: ModelSpec, opts: ServeOptions, vllm_version: str | None,
+                   step: Step, settings: Settings | None) -> tuple[ServeOptions, dict[str, Any]]:
+    """Plan against the GPUs this process sees (free memory included); refuse what won't fit.
+
+    With no ``--max-model-len`` and a full context that does not fit, the largest that does is
+    chosen and said."""
+    gpus = machine.visible_gpus(settings=settings)
+    if not gpus:
+        step("no GPU visible through NVML (pip install nvidia-ml-py): skipping the memory plan")
+        return opts, {}
+    check_layout(config, opts.tp, opts.pp, gpus=len(gpus))
+    used = gpus[: opts.tp * opts.pp]
+    kwargs = dict(gpu_memory_gib=min(g.total_gib for g in used), gpus=len(gpus), tp=opts.tp, pp=opts.pp,
+                  gpu_memory_utilization=opts.gpu_memory_utilization, vllm_version=vllm_version,
+                  dtype=None if opts.dtype == "auto" else opts.dtype, free_memory_gib=[g.free_gib for g in used],
+                  enforce_eager=bool(opts.enforce_eager), device_name=used[0].name,
+                  model_dir=str(spec.path) if spec.path else None)
+    plan = plan_gpu(config, max_model_len=opts.max_model_len, **kwargs)
+    if not plan.fits and opts.max_model_len is None and plan.max_model_len_fit >= 1024:
+        fit = plan.max_model_len_fit // 1024 * 1024
+        retry = plan_gpu(config, max_model_len=fit, **kwargs)
+        if retry.fits:
+            step(f"the full {plan.max_model_len}-token context does not fit; using --max-model-len {fit}")
+            plan, opts = retry, replace(opts, max_model_len=fit)
+    raise_unless_fits(plan)
+    step(f"plan: {plan.weights_gib:.1f} GiB weights and {plan.kv_cache_gib:.1f} GiB KV cache per GPU, "
+         f"{plan.kv_cache_tokens:,} tokens, {plan.max_concurrency:.1f}x concurrency at {plan.max_model_len}")
+    return opts, plan.to_dict()
+
+
+def _running(existing: Deployment, spec: ModelSpec, opts: ServeOptions, step: Step) -> Deployment:
+    """A deployment of this name already runs: the same launch is attached to, another refused."""
+    if not _same_launch(existing, opts, str(spec.path) if spec.path else None):
+        raise AlreadyRunningError(
+            f"{existing.name} is already running on {existing.base_url} (tp {existing.tp}, pp {existing.pp}"
+            f"{', random weights' if serves_dummy_weights(existing.argv) else ''}, pid {existing.pid}) with other "
+            f"settings than asked",
+            f"use it as it is, or stop it first: dsagent stop {existing.name}",
+            name=existing.name, base_url=existing.base_url,
+        )
+    step(f"{existing.name} is already running at {existing.base_url}; attaching")
+    return existing
+
+
+def _port(opts: ServeOptions, name: str, settings: Settings) -> ServeOptions:
+    """The options with a free port chosen (``--port auto``), or the asked one checked."""
+    if opts.port == 0:
+        return replace(opts, port=free_port(opts.host))
+    if check_port(opts.host, opts.port, name, settings.api_key()) == "ours":
+        raise AlreadyRunningError(
+            f"{name} is already served on port {opts.port} by pid "
+            f"{getattr(port_owner(opts.port), 'pid', '?')}, but not from this DSAGENT_HOME ({settings.home})",
+            f"use it at http://{opts.host}:{opts.port}/v1, or set DSAGENT_HOME to the home that started it",
+            name=name, base_url=f"http://{opts.host}:{opts.port}/v1",
+        )
+    return opts
+
+
+def up(
+    model: str | None = None,
+    *,
+    options: ServeOptions | None = None,
+    name: str | None = None,
+    settings: Settings | None = None,
+    wait_ready: bool = True,
+    timeout: float = 900.0,
+    on_step: Step | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> Deployment:
+    """Bring ``model`` up (the embedded default on a machine with no GPU) and return its record.
+
+    A deployment of the same model already running with the same settings is returned as it
+    is (waiting for it if it is still starting); with other settings it is refused.
+    """
+    settings = settings or Settings.load()
+    opts = options or ServeOptions(device=detect_device(settings))
+    step = on_step or (lambda _msg: None)
+    spec = resolve(model or (DEFAULT_CPU_MODEL if opts.device == "cpu" else DEFAULT_GPU_MODEL))
+    name = name or spec.name
+
+    existing = load(settings, name)
+    if existing is not None and live_state(existing).running:
+        dep = _running(existing, spec, opts, step)
+        return wait(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and dep.state != State.READY else dep
+
+    step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}")
+    version = cache(lambda: engine_version(settings, opts.device))
+    opts, estimate = _preflight(spec, opts, version, step, settings)
+    version()  # no vLLM: refused before the download
+    opts = _port(opts, name, settings)
+
+    step(f"fetch: {spec.name} ({spec.source})")
+    fetched = fetch(spec, settings=settings, weights=not opts.dummy_weights)  # random weights: no weight download
+    if not spec.config:
+        spec = replace(spec, config=json.loads((fetched.path / "config.json").read_text()))
+        opts, estimate = _preflight(spec, opts, version, step, settings)
+
+    plan = plan_serve(name, fetched.path, settings, opts, reasoning=spec.reasoning, context_limit=spec.context_limit,
+                      sampling=spec.sampling)
+    record = record_of(plan, settings, model=spec.repo_id or spec.name, vllm_version=version(), estimate=estimate,
+                       revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
+    step(f"serve: {' '.join(plan.argv[1:])}")
+    record = launch(plan, settings, api_key=settings.api_key(), record=record)
+    return wait(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
+
+
+def attach(name: str | None = None, *, settings: Settings | None = None, wait_timeout: float = 600.0) -> Deployment:
+    """The running deployment (by name, or the most recent), waiting while it still starts.
+
+    A deployment that is starting is waited for (bounded by ``wait_timeout``); one that failed
+    or crashed is reported at once with the reason and its log tail.
+    """
+    settings = settings or Settings.load()
+    dep, state, seen = find(settings, name)
+    if dep is None:
+        dead = [(d, s) for d, s in seen if s in (State.FAILED, State.CRASHED)]
+        if dead:
+            d, s = max(dead, key=lambda ds: ds[0].started_at or 0.0)
+            tail = log_tail(d.log_file, 15)
+            raise DeploymentFailedError(
+                f"deployment {d.name} is {s}: {d.reason or 'see its log'}",
+                f"read {d.log_file}; then `dsagent stop {d.name}` and `dsagent up {d.name}`\n{tail}",
+                name=d.name, state=str(s), log_tail=tail,
+            )
+        which = f" named {name!r}" if name else ""
+        raise NoDeploymentError(f"no running deployment{which} in {settings.home}",
+                                f"start one: dsagent up{' ' + name if name else ''}", name=name)
+    return wait(dep, settings, timeout=wait_timeout) if state != State.READY else dep

@@ -1,0 +1,140 @@
+"""estimate: the memory plan of a model on the GPUs at hand (or named), before any download.
+
+``estimate(model)`` is what ``dsagent estimate`` prints: with ``tp``/``pp`` the plan of that
+layout (and, when it does not fit, what would); without, the fitting layout with the most
+concurrency (``recommend``). With no GPU visible and none described, the CPU plan.
+
+>>> p = estimate("deepseek-r1-distill-qwen-7b", gpu_memory_gib=79.18, gpus=1,
+...              max_model_len=8192, vllm_version="0.19.0")
+>>> p.fits, (p.tp, p.pp)
+(True, (1, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import InvalidOptionError, ParallelismError
+from ..settings import Settings
+from ..system import gpus as machine
+from .budget import CpuPlan, GpuPlan, check_layout, cpu_context, plan_cpu, plan_gpu
+from .catalog import CATALOG, ModelSpec, resolve
+
+__all__ = ["estimate", "recommend", "smaller_models"]
+
+
+def _layouts(config: Mapping[str, Any], gpus: int) -> list[tuple[int, int]]:
+    out = []
+    for tp in range(1, gpus + 1):
+        for pp in range(1, gpus // tp + 1):
+            try:
+                check_layout(config, tp, pp, gpus)
+            except ParallelismError:
+                continue
+            out.append((tp, pp))
+    return out
+
+
+def recommend(config: Mapping[str, Any], *, gpu_memory_gib: float, gpus: int, max_model_len: int | None = None,
+              smaller_models: Sequence[tuple[str, Mapping[str, Any]]] = (), **kw: Any) -> GpuPlan:
+    """The fitting TP/PP layout with the most concurrency at ``max_model_len``.
+
+    When nothing fits, return the best plan (``fits=False``) with ``suggestions``: the smallest
+    change that fits (more GPUs, shorter context, fp8 KV cache, a smaller model).
+    """
+    kw = {k: v for k, v in kw.items() if k not in {"tp", "pp"}}
+    plans = [plan_gpu(config, gpu_memory_gib=gpu_memory_gib, gpus=gpus, tp=tp, pp=pp,
+                      max_model_len=max_model_len, **kw) for tp, pp in _layouts(config, gpus)]
+    if not plans:
+        raise ParallelismError(f"no TP/PP layout of this model uses at most {gpus} GPUs", "make more GPUs visible")
+    # Prefer fitting, then concurrency, then fewer GPUs.
+    best = max(plans, key=lambda p: (p.fits, p.max_concurrency, -p.tp * p.pp))
+    if best.fits:
+        return best
+    hints: list[str] = []
+    fit_len = max(plans, key=lambda p: p.max_model_len_fit)
+    if fit_len.max_model_len_fit >= 1024:
+        hints.append(f"shorter context: --max-model-len {fit_len.max_model_len_fit} fits with "
+                     f"--tp {fit_len.tp} --pp {fit_len.pp}")
+    if (kw.get("kv_cache_dtype") or "auto") == "auto":
+        fp8 = recommend_quiet(config, gpu_memory_gib, gpus, max_model_len, {**kw, "kv_cache_dtype": "fp8"})
+        if fp8:
+            hints.append(f"fp8 KV cache: --kv-cache-dtype fp8 fits with --tp {fp8.tp} --pp {fp8.pp}")
+    for more in range(gpus + 1, 65):
+        p = recommend_quiet(config, gpu_memory_gib, more, max_model_len, kw)
+        if p:
+            hints.append(f"more GPUs: {more} GPUs fit with --tp {p.tp} --pp {p.pp}")
+            break
+    for name, cfg in smaller_models:
+        if recommend_quiet(cfg, gpu_memory_gib, gpus, max_model_len, kw):
+            hints.append(f"a smaller model: {name} fits on these {gpus} GPU(s)")
+            break
+    return replace(best, suggestions=tuple(hints))
+
+
+def recommend_quiet(config: Mapping[str, Any], gpu_memory_gib: float, gpus: int, max_model_len: int | None,
+                    kw: Mapping[str, Any]) -> GpuPlan | None:
+    """The best fitting plan on ``gpus`` GPUs, or None."""
+    for tp, pp in sorted(_layouts(config, gpus), key=lambda t: t[0] * t[1]):
+        p = plan_gpu(config, gpu_memory_gib=gpu_memory_gib, gpus=gpus, tp=tp, pp=pp,
+                     max_model_len=max_model_len, **{k: v for k, v in kw.items() if k != "free_memory_gib"})
+        if p.fits:
+            return p
+    return None
+
+
+def _size(config: Mapping[str, Any]) -> int:
+    return int(config.get("hidden_size", 0)) * int(config.get("num_hidden_layers", 0))
+
+
+def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
+    """The catalog's reasoning models smaller than ``spec``, largest first (the suggestions' fallback)."""
+    if not _size(spec.config):
+        return []
+    family = [s for s in CATALOG if s.reasoning and s.config and s.name != spec.name and _size(s.config) < _size(spec.config)]
+    return [(s.name, s.config) for s in sorted(family, key=lambda s: -_size(s.config))]
+
+
+def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpus: int | None = None,
+             tp: int | None = None, pp: int | None = None, max_model_len: int | None = None,
+             settings: Settings | None = None, **options: Any) -> GpuPlan | CpuPlan:
+    """The plan ``dsagent estimate`` shows; ``options`` are ``plan_gpu``'s (``vllm_version``, ``dtype``, ...).
+
+    ``gpu_memory_gib`` (and ``gpus``) describe another machine; without them the visible GPUs
+    are planned for, free memory included, and with none visible the CPU plan is returned.
+    """
+    spec = model if isinstance(model, ModelSpec) else resolve(model)
+    if not spec.config:
+        raise InvalidOptionError(f"no architecture known offline for {spec.repo_id or spec.name!r}",
+                                 "download it first (`dsagent fetch`) or pass a folder that holds its config.json",
+                                 option="MODEL", value=spec.repo_id or spec.name)
+    free, name = None, ""
+    if gpu_memory_gib is None:
+        seen = machine.visible_gpus(settings=settings)
+        if not seen:
+            if tp or pp or gpus:
+                raise InvalidOptionError("no GPU is visible here, so there is no GPU memory size to plan with",
+                                         "pass --gpu-memory-gib (e.g. 79.18 for an H100) to plan for another machine",
+                                         option="--gpu-memory-gib")
+            return plan_cpu(spec.config, max_model_len=cpu_context(spec.context_limit, max_model_len),
+                            ram_available_bytes=machine.ram_available())
+        gpu_memory_gib, free, name = min(g.total_gib for g in seen), [g.free_gib for g in seen], seen[0].name
+        gpus = gpus or len(seen)
+    if gpu_memory_gib <= 0:
+        raise InvalidOptionError(f"--gpu-memory-gib {gpu_memory_gib} must be positive",
+                                 "use the GPU's memory, e.g. 79.18 for an H100", option="--gpu-memory-gib",
+                                 value=gpu_memory_gib)
+    kw = dict(options, free_memory_gib=free, model_dir=spec.path, device_name=name)
+    if not (tp or pp):
+        return recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=gpus or 1, max_model_len=max_model_len,
+                         smaller_models=smaller_models(spec), **kw)
+    tp, pp = tp or 1, pp or 1
+    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=gpus or tp * pp, tp=tp, pp=pp,
+                    max_model_len=max_model_len, **kw)
+    if plan.fits:
+        return plan
+    hint = recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=max(gpus or 0, tp * pp),
+                     max_model_len=max_model_len, smaller_models=smaller_models(spec), **kw)
+    return replace(plan, suggestions=hint.suggestions or ((f"--tp {hint.tp} --pp {hint.pp} fits",) if hint.fits else ()))

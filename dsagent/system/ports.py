@@ -1,0 +1,67 @@
+"""Who holds a port: nobody, our own healthy deployment of this model, or a stranger."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from ..errors import PortInUseError
+from .procs import port_owner
+
+__all__ = ["check_port", "free_port", "port_is_free"]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the system says is free right now (what ``--port auto`` picks)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serves_model(root_url: str, served_name: str, api_key: str) -> bool:
+    """True when ``root_url`` is a healthy vLLM that serves ``served_name`` with our key."""
+    try:
+        with httpx.Client(timeout=3.0) as client:
+            if client.get(f"{root_url}/health").status_code != 200:
+                return False
+            r = client.get(f"{root_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"})
+            return r.status_code == 200 and any(m.get("id") == served_name for m in r.json().get("data", []))
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def check_port(host: str, port: int, served_name: str, api_key: str) -> str:
+    """``"free"``, or ``"ours"`` when our healthy deployment of ``served_name`` answers there.
+
+    Anything else on the port raises ``PortInUseError`` with the occupant and the fix.
+    """
+    if port_is_free(host, port):
+        return "free"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if serves_model(f"http://{probe_host}:{port}", served_name, api_key):
+        return "ours"
+    owner = port_owner(port)
+    who = owner.describe() if owner else "a process this user cannot see"
+    stop_hint = ""
+    if owner and owner.deployment:
+        name, _, home = owner.deployment.partition("@")  # the mark is NAME@DSAGENT_HOME
+        who += f" (dsagent deployment {name!r} of {home or 'another home'})"
+        stop_hint = f"; or stop it: DSAGENT_HOME={home} dsagent stop {name}" if home else f"; or stop it: dsagent stop {name}"
+    raise PortInUseError(
+        f"port {port} on {host} is taken by {who}",
+        "pick another port with --port N, or let dsagent choose a free one with --port auto" + stop_hint,
+        port=port,
+        pid=owner.pid if owner else None,
+        cmdline=owner.cmdline if owner else None,
+    )

@@ -1,0 +1,212 @@
+"""The one place that starts, finds and ends processes.
+
+A deployment is a process tree: the vLLM API server, ``VLLM::EngineCore`` and one
+``VLLM::Worker_*`` per rank. The server is started as the leader of a new session, so every
+process of the tree shares its process group (recorded as the deployment's ``pgid``), which
+survives the API server's death: the engine is re-parented to PID 1 but keeps its group, which
+is how ``stop`` finds what a crash left behind. Processes also inherit
+``DSAGENT_DEPLOYMENT=<name>``, a second mark for those that leave the group; the engine and
+workers lose it (setproctitle overwrites the memory /proc/PID/environ reads), so the group is
+the primary mark.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..errors import StopError
+
+__all__ = [
+    "MARK", "ProcInfo", "alive", "deployment_processes", "end_processes", "leader_alive", "mark_for", "port_owner",
+    "processes_of", "run", "spawn", "vllm_processes",
+]
+
+MARK = "DSAGENT_DEPLOYMENT"
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    """A process as ``ps`` shows it: pid, group, name, command line and its deployment mark."""
+
+    pid: int
+    pgid: int
+    ppid: int
+    name: str
+    cmdline: str
+    deployment: str | None
+    started: float = 0.0
+
+    def describe(self) -> str:
+        return f"pid {self.pid} ({self.name}): {self.cmdline[:160]}"
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` as the leader of a new session, output appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
+def run(argv: Sequence[str], *, timeout: float | None = 60.0, env: Mapping[str, str] | None = None,
+        ) -> subprocess.CompletedProcess[str]:
+    """Run a short command to completion with its output captured (version probes, conversions).
+
+    Raises ``OSError`` when the program cannot be started at all."""
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                          env=dict(env) if env is not None else None)
+
+
+def alive(pid: int | None) -> bool:
+    """True while ``pid`` runs (a zombie counts as dead, and is reaped if it is our child)."""
+    if not pid:
+        return False
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _info(proc: psutil.Process, environ: bool) -> ProcInfo | None:
+    try:
+        with proc.oneshot():
+            name = proc.name()
+            cmd = " ".join(proc.cmdline()) or name
+            mark = None
+            if environ:
+                try:
+                    mark = proc.environ().get(MARK)
+                except psutil.Error:
+                    mark = None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return ProcInfo(proc.pid, os.getpgid(proc.pid), proc.ppid(), name, cmd, mark, proc.create_time())
+    except (psutil.Error, ProcessLookupError):
+        return None
+
+
+def _all(environ: bool = True) -> list[ProcInfo]:
+    me = os.getpid()
+    found = (_info(p, environ) for p in psutil.process_iter() if p.pid != me)
+    return [p for p in found if p is not None]
+
+
+def mark_for(home: Path, name: str) -> str:
+    """The environment mark of deployment ``name`` of the dsagent home ``home`` (unique per home)."""
+    return f"{name}@{home}"
+
+
+def deployment_processes(mark: str, pgid: int | None = None, since: float | None = None) -> list[ProcInfo]:
+    """Every live process carrying ``mark``, or in process group ``pgid`` and started after
+    ``since`` (so a later process that reuses the number is not taken for ours)."""
+    def ours(p: ProcInfo) -> bool:
+        if p.deployment == mark:
+            return True
+        return bool(pgid) and p.pgid == pgid and (since is None or p.started >= since - 2.0)
+
+    return [p for p in _all() if ours(p)]
+
+
+def processes_of(dep: Any) -> list[ProcInfo]:
+    """The live processes of a deployment record (``env[MARK]``, ``pgid``, ``started_at``)."""
+    return deployment_processes(dep.env.get(MARK, dep.name), dep.pgid, dep.started_at)
+
+
+def leader_alive(dep: Any) -> bool:
+    """True while the deployment's own API server runs (not a process that reused its pid)."""
+    if not alive(dep.pid):
+        return False
+    try:
+        started = psutil.Process(dep.pid).create_time()
+    except psutil.Error:
+        return False
+    return dep.started_at is None or abs(started - dep.started_at) < 10.0
+
+
+def vllm_processes() -> list[ProcInfo]:
+    """Every live vLLM engine or worker process (titled ``VLLM::...``) and API server."""
+    return [
+        p
+        for p in _all()
+        if p.name.startswith("VLLM") or p.cmdline.startswith("VLLM::") or "vllm.entrypoints" in p.cmdline
+    ]
+
+
+def _signal(procs: Sequence[ProcInfo], sig: signal.Signals) -> None:
+    for pgid in {p.pgid for p in procs}:
+        if pgid > 1 and pgid != os.getpgid(0):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+    for p in procs:
+        try:
+            os.kill(p.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _wait_gone(pids: set[int], timeout: float) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {pid for pid in pids if alive(pid)}
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(0.1)
+
+
+def end_processes(procs: Sequence[ProcInfo], grace: float = 15.0) -> list[ProcInfo]:
+    """SIGTERM the processes and their groups, wait ``grace`` s, SIGKILL survivors, verify.
+
+    Returns what was ended; raises ``StopError`` if anything survives SIGKILL.
+    """
+    if not procs:
+        return []
+    _signal(procs, signal.SIGTERM)
+    left = _wait_gone({p.pid for p in procs}, grace)
+    if left:
+        _signal([p for p in procs if p.pid in left], signal.SIGKILL)
+        left = _wait_gone(left, 10.0)
+    if left:
+        raise StopError(
+            f"processes survived SIGKILL: {sorted(left)}",
+            "check them with `ps -o pid,stat,cmd -p PID` (a process in state D waits on the kernel)",
+            pids=sorted(left),
+        )
+    return list(procs)
+
+
+def port_owner(port: int) -> ProcInfo | None:
+    """The process listening on TCP ``port``, where the system lets us see it."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in conns:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return _info(psutil.Process(conn.pid), environ=True)
+            except psutil.Error:
+                return None
+    return None

@@ -1,0 +1,197 @@
+"""Model hubs as sources: which to ask, in which order, and what each holds for a repository.
+
+==============  ==============================================  =============================
+source          endpoint                                        cache
+==============  ==============================================  =============================
+``hub``         https://huggingface.co                          the standard HF cache
+``mirror``      ``--mirror URL``, else ``$HF_ENDPOINT``         the standard HF cache
+``modelscope``  ``$MODELSCOPE_ENDPOINT``, else modelscope.cn    ModelScope's own cache
+==============  ==============================================  =============================
+
+The order is ``order=`` (``--source``), else ``$DSAGENT_FETCH_SOURCES``, else
+``mirror,hub,modelscope`` when a mirror is configured and ``hub,mirror,modelscope`` when not
+(all read through ``Settings``). Only the files vLLM reads are listed (``select_files``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import ChecksumError, InstallError, InvalidOptionError
+from ..settings import Settings
+from .manifest import FileMeta
+
+__all__ = ["SOURCES", "Listing", "RemoteFile", "Source", "is_weight", "list_files", "select_files", "sources", "why"]
+
+SOURCES = ("hub", "mirror", "modelscope")
+HF_ENDPOINT = "https://huggingface.co"
+MODELSCOPE_ENDPOINT = "https://modelscope.cn"
+
+# What vLLM reads from a Hugging Face model folder, besides the weights.
+_SUPPORT = frozenset({
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+    "chat_template.json", "model.safetensors.index.json",
+})
+
+NO_MIRROR = "no mirror configured (set HF_ENDPOINT or pass --mirror URL)"
+
+
+def select_files(paths: Iterable[str]) -> list[str]:
+    """The files of a repository that vLLM needs: one weight format, config, tokenizer, template.
+
+    Safetensors win; ``*.bin`` is taken only when a repository has no safetensors. Sub-folders
+    (``original/``, ...) and other formats (``*.gguf``, ``*.pt``, ``*.pth``) are never fetched.
+
+    >>> select_files(["model.safetensors", "pytorch_model.bin", "config.json", "original/a.pth", "README.md"])
+    ['config.json', 'model.safetensors']
+    >>> select_files(["pytorch_model.bin", "config.json", "tokenizer.json"])
+    ['config.json', 'pytorch_model.bin', 'tokenizer.json']
+    """
+    top = sorted({p for p in paths if "/" not in p})
+    weights = [p for p in top if p.endswith(".safetensors")]
+    if not weights:
+        weights = [p for p in top if p.startswith("pytorch_model") and p.endswith((".bin", ".bin.index.json"))]
+    support = [p for p in top if p in _SUPPORT or p.endswith(".tiktoken")]
+    return sorted(set(weights) | set(support))
+
+
+def is_weight(path: str) -> bool:
+    """Whether a file of a repository holds weights (what ``--dummy-weights`` does without).
+
+    >>> [is_weight(p) for p in ("model-00001-of-00002.safetensors", "pytorch_model.bin", "config.json")]
+    [True, True, False]
+    """
+    return path.endswith(".safetensors") or (path.startswith("pytorch_model") and path.endswith(".bin"))
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file as its source describes it: size, and sha256 (LFS) or git blob id (small files)."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    git_oid: str | None = None
+
+    @property
+    def meta(self) -> FileMeta:
+        return FileMeta(self.size, self.sha256, self.git_oid)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where to ask: ``name`` is one of ``SOURCES``; ``endpoint`` the base URL."""
+
+    name: str
+    endpoint: str
+
+    @property
+    def kind(self) -> str:
+        return "modelscope" if self.name == "modelscope" else "hf"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What a source holds for one repository at one revision (resolved to ``commit``)."""
+
+    source: Source
+    repo_id: str
+    revision: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+
+def sources(order: str | Sequence[str] | None = None, mirror: str | None = None,
+            endpoints: Mapping[str, str] | None = None, *,
+            settings: Settings | None = None) -> list[tuple[str, Source | None, str]]:
+    """The sources to try, in order, as ``(name, Source or None, why it is unusable)``.
+
+    ``endpoints`` overrides a source's URL (a private hub, or a test server).
+
+    >>> [(n, s.endpoint if s else why) for n, s, why in sources("hub,mirror", mirror="https://hf-mirror.com")]
+    [('hub', 'https://huggingface.co'), ('mirror', 'https://hf-mirror.com')]
+    """
+    settings = settings or Settings.load()
+    endpoints = dict(endpoints or {})
+    env_mirror = settings.hf_endpoint if settings.hf_endpoint != HF_ENDPOINT else ""
+    mirror_url = (mirror or endpoints.get("mirror") or env_mirror).rstrip("/")
+    if order is None:
+        order = settings.fetch_sources or ("mirror,hub,modelscope" if mirror_url else "hub,mirror,modelscope")
+    names = [n.strip().lower() for n in (order.split(",") if isinstance(order, str) else order) if n.strip()]
+    bad = [n for n in names if n not in SOURCES]
+    if bad or not names:
+        raise InvalidOptionError(f"unknown fetch source(s) {', '.join(bad) or '(none)'}",
+                                 f"use a comma-separated order of {', '.join(SOURCES)}, e.g. --source hub,modelscope",
+                                 option="--source", value=order)
+    out: list[tuple[str, Source | None, str]] = []
+    for name in dict.fromkeys(names):
+        if name == "hub":
+            out.append((name, Source(name, endpoints.get("hub", HF_ENDPOINT).rstrip("/")), ""))
+        elif name == "mirror":
+            out.append((name, Source(name, mirror_url), "") if mirror_url else (name, None, NO_MIRROR))
+        else:
+            url = endpoints.get("modelscope") or settings.modelscope_endpoint or MODELSCOPE_ENDPOINT
+            out.append((name, Source(name, url.rstrip("/")), ""))
+    return out
+
+
+def why(exc: BaseException, source: Source, repo_id: str, revision: str | None) -> str:
+    """One line saying why a source could not serve the repository."""
+    name = type(exc).__name__
+    if isinstance(exc, ImportError):
+        return "the modelscope package is not installed (pip install 'dsagent[modelscope]')"
+    if name in ("RepositoryNotFoundError", "GatedRepoError"):
+        return f"{repo_id} is not there, or is gated/private (log in with `hf auth login` or set HF_TOKEN)"
+    if name == "RevisionNotFoundError":
+        return f"revision {revision!r} of {repo_id} is not there"
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status:
+        return f"{source.endpoint} answered HTTP {status}"
+    if "connect" in name.lower() or isinstance(exc, ConnectionError):
+        return f"cannot connect to {source.endpoint} ({str(exc).splitlines()[0] if str(exc) else name})"
+    if "timeout" in name.lower():
+        return f"{source.endpoint} timed out"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{name}: {text}"[:300]
+
+
+
+def list_files(source: Source, repo_id: str, revision: str | None = None) -> Listing:
+    """Ask one source which files (of those vLLM needs) it holds, with sizes and hashes."""
+    if source.kind == "hf":
+        try:
+            from huggingface_hub import HfApi
+        except ImportError:
+            raise InstallError("huggingface_hub is not installed", "pip install 'huggingface_hub>=1.0'",
+                               package="huggingface_hub") from None
+
+        info = HfApi(endpoint=source.endpoint).model_info(repo_id, revision=revision, files_metadata=True)
+        by_name = {s.rfilename: s for s in info.siblings or []}
+        files = tuple(
+            RemoteFile(p, int(by_name[p].size or 0), by_name[p].lfs.sha256 if by_name[p].lfs else None,
+                       None if by_name[p].lfs else by_name[p].blob_id)
+            for p in select_files(by_name)
+        )
+        listing = Listing(source, repo_id, revision or "main", str(info.sha), files)
+    else:
+        import modelscope  # noqa: F401  (the package users install; it brings modelscope_hub)
+        from modelscope_hub import HubApi
+
+        rev = revision or "master"
+        entries = HubApi(endpoint=source.endpoint).list_repo_files(repo_id, "model", revision=rev)
+        by_name = {e.path: e for e in entries if not e.is_dir}
+        files = tuple(RemoteFile(p, int(by_name[p].size), by_name[p].sha256) for p in select_files(by_name))
+        listing = Listing(source, repo_id, rev, rev, files)  # ModelScope pins by branch/tag + sha256s
+    if not any(f.path.endswith((".safetensors", ".bin")) for f in listing.files):
+        raise ChecksumError(f"{repo_id} on {source.endpoint} holds no weights vLLM can load (*.safetensors)",
+                            "check the repository id; GGUF-only repositories are not supported for hub models")
+    return listing
+
+
