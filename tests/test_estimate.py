@@ -97,7 +97,7 @@ def test_kv_head_replication_when_tp_exceeds_kv_heads():
     assert kv_heads_per_rank(Q7, 2) == 2
     assert kv_heads_per_rank(Q7, 4) == 1
     assert kv_heads_per_rank(Q7, 28 // 7 * 7) == 1  # TP 28 > 4 KV heads: one replica each
-    assert kv_bytes_per_token(Q7, 4, 28, 2) == kv_bytes_per_token(Q7, 4, 28, 2)
+    assert kv_bytes_per_token(Q7, 4, 28, 2) == 2 * 28 * 1 * 128 * 2  # one replicated KV head per rank
     assert kv_bytes_per_token(Q7, 1, 28, 2) == 2 * 28 * 4 * 128 * 2
 
 

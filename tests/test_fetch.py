@@ -29,8 +29,9 @@ def test_conversion_writes_a_complete_hf_folder_with_a_manifest(fetched):
     config = json.loads((fetched.path / "config.json").read_text())
     assert config["num_attention_heads"] == 9 and "quantization_config" not in config
     manifest = json.loads((fetched.path / MANIFEST).read_text())
-    assert manifest["source"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    assert len(manifest["source_sha256"]) == 64
+    assert manifest["schema"] == 2 and manifest["source"] == "bundled"
+    assert manifest["origin"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert len(manifest["origin_sha256"]) == 64
     st = manifest["files"]["model.safetensors"]
     assert st["sha256"] == digest(fetched.path / "model.safetensors")
     check_safetensors(fetched.path / "model.safetensors")
@@ -40,7 +41,7 @@ def test_second_fetch_reuses_the_folder_untouched(fetched, settings):
     before = (fetched.path / "model.safetensors").stat().st_mtime_ns
     again = fetch(resolve("smollm2-135m-instruct"), settings=settings)
     assert again.reused and again.path == fetched.path
-    assert again.manifest["source_sha256"] == fetched.manifest["source_sha256"]
+    assert again.manifest.origin_sha256 == fetched.manifest.origin_sha256
     assert (fetched.path / "model.safetensors").stat().st_mtime_ns == before
 
 
@@ -49,15 +50,16 @@ def test_deep_verify_names_a_corrupted_file(fetched, tmp_path):
     copy.mkdir()
     for p in fetched.path.iterdir():
         (copy / p.name).write_bytes(p.read_bytes()) if p.name != "model.safetensors" else None
-    with pytest.raises(ChecksumError, match="model.safetensors is missing or has the wrong size"):
-        verify(copy)
+    with pytest.raises(ChecksumError, match="model.safetensors: missing"):
+        verify(Manifest.load(copy))
     weights = (fetched.path / "model.safetensors").read_bytes()
     damaged = bytearray(weights)
     damaged[len(damaged) // 2] ^= 0xFF
     (copy / "model.safetensors").write_bytes(bytes(damaged))
-    verify(copy)  # sizes match: the quick check passes
-    with pytest.raises(ChecksumError, match="does not match its recorded sha256"):
-        verify(copy, deep=True)
+    verify(Manifest.load(copy))  # sizes and the header match: the quick check passes
+    with pytest.raises(ChecksumError, match="model.safetensors: sha256 .* does not match the recorded") as info:
+        verify(Manifest.load(copy), deep=True)
+    assert info.value.files == (str(copy / "model.safetensors"),)
 
 
 def test_truncated_safetensors_is_refused_by_name(fetched, tmp_path):
@@ -68,6 +70,7 @@ def test_truncated_safetensors_is_refused_by_name(fetched, tmp_path):
     assert "dsagent fetch" in info.value.remedy
 
 
+@pytest.mark.server
 def test_a_conversion_killed_midway_leaves_no_model_and_is_redone(tmp_path):
     """Kill a real `dsagent fetch` during conversion; the store must not hold a complete-looking
     model, and the next fetch cleans the staging folder and converts from scratch."""

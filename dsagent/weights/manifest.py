@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +125,14 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest | None:
-        """The manifest of a store folder, or ``None`` when it has none (or an unreadable one)."""
+        """The manifest of a store folder, or ``None`` when it has none (or an unreadable one).
+
+        A bundled model's files are the folder's own, wherever the folder now is."""
         try:
-            return cls.from_json(json.loads((folder / MANIFEST).read_text()), folder)
+            manifest = cls.from_json(json.loads((folder / MANIFEST).read_text()), folder)
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        return replace(manifest, path=str(folder)) if manifest.source == "bundled" else manifest
 
     def save(self, folder: Path) -> None:
         """Write atomically into ``folder`` (a reader never sees half a manifest)."""
