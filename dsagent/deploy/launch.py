@@ -48,6 +48,23 @@ class ServeOptions:
     dummy_weights: bool = False
     tokenizer: str | None = None
     extra_args: tuple[str, ...] = ()
+    nodes: int = 1
+    node_rank: int = 0
+    node_ip: str | None = None
+    master_addr: str | None = None
+    master_port: int = 29501
+    dp: int = 1
+    cpus: tuple[int, ...] | None = None
+
+    @property
+    def world(self) -> int:
+        """Ranks in all: TP x PP x DP."""
+        return self.tp * self.pp * self.dp
+
+    @property
+    def multi(self) -> bool:
+        """Launched through vLLM's CLI entry: several nodes or data-parallel replicas."""
+        return self.nodes > 1 or self.dp > 1
 
 
 @dataclass(frozen=True)
@@ -105,16 +122,29 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
     eager = o.pp == 1 if o.enforce_eager is None else o.enforce_eager
     if o.kv_cache_gib:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
-    workers = o.tp * o.pp
-    if workers > 1:
-        usable = list(cpus if cpus is not None else sorted(os.sched_getaffinity(0)))
+    workers = o.world // o.nodes  # this node's share of the ranks
+    if workers > 1 or o.cpus:
+        usable = list(o.cpus or (cpus if cpus is not None else sorted(os.sched_getaffinity(0))))
         env["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(workers, usable)
     return replace(o, dtype=dtype, max_model_len=cpu_context(context_limit, o.max_model_len), enforce_eager=eager)
 
 
+def _cluster_flags(o: ServeOptions) -> list[str]:
+    """vLLM's multi-node multiprocessing and data-parallel flags (``--headless`` off the head)."""
+    argv: list[str] = []
+    if o.dp > 1:
+        argv += ["--data-parallel-size", str(o.dp)]
+    if o.nodes > 1:
+        argv += ["--nnodes", str(o.nodes), "--node-rank", str(o.node_rank), "--master-addr",
+                 str(o.master_addr or o.node_ip or "127.0.0.1"), "--master-port", str(o.master_port)]
+    if o.node_rank > 0:
+        argv.append("--headless")
+    return argv
+
+
 def _flags(o: ServeOptions, *, reasoning: bool, sampling: Mapping[str, float] | None) -> list[str]:
     """vLLM's flags for the chosen options (CPU choices already made)."""
-    argv: list[str] = []
+    argv: list[str] = _cluster_flags(o)
     if o.device != "cpu" and o.gpu_memory_utilization is not None:
         argv += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
     if o.dtype != "auto":
@@ -154,10 +184,14 @@ def plan_serve(
     ``sampling``: the model's server-side defaults for requests that leave them unset.
     """
     env = {MARK: mark_for(settings.home, name), "PYTHONUNBUFFERED": "1"}
+    if options.node_ip:
+        env["VLLM_HOST_IP"] = options.node_ip
     notes: list[str] = []
     o = _cpu_choices(options, context_limit, cpus, env, notes) if options.device == "cpu" else options
-    argv = [settings.engine_python, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(model_path), "--served-model-name", name, "--host", o.host, "--port", str(o.port),
+    # vLLM's CLI entry for several nodes or replicas (the API-server module ignores --headless)
+    entry = ["-m", "dsagent.deploy.vllm_cli", "serve", str(model_path)] if o.multi else \
+        ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
+    argv = [settings.engine_python, *entry, "--served-model-name", name, "--host", o.host, "--port", str(o.port),
             *_flags(o, reasoning=reasoning, sampling=sampling)]
     return ServePlan(name=name, model_path=model_path, argv=tuple(argv), env=env, host=o.host, port=o.port,
                      log_file=settings.logs_dir / f"{name}.log", options=o, reasoning=reasoning, notes=tuple(notes))
@@ -213,7 +247,7 @@ def launch(plan: ServePlan, settings: Settings, *, api_key: str, record: Deploym
         os.replace(plan.log_file, plan.log_file.with_suffix(".log.1"))
     with open(plan.log_file, "a") as log:
         log.write(f"\n===== dsagent: launch {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(plan.argv)}\n")
-    env = {**os.environ, **plan.env, "VLLM_API_KEY": api_key}
+    env = procs.engine_env(os.environ, **plan.env, VLLM_API_KEY=api_key)
     proc = spawn(plan.argv, env, plan.log_file)
     record.pid = record.pgid = proc.pid
     record.state = State.STARTING

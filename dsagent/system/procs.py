@@ -26,8 +26,8 @@ import psutil
 from ..errors import StopError
 
 __all__ = [
-    "MARK", "ProcInfo", "alive", "deployment_processes", "end_processes", "leader_alive", "mark_for", "port_owner",
-    "processes_of", "run", "spawn", "vllm_processes",
+    "MARK", "PACKAGE_ROOT", "ProcInfo", "alive", "deployment_processes", "end_processes", "engine_env", "leader_alive",
+    "mark_for", "port_owner", "processes_of", "run", "spawn", "vllm_processes",
 ]
 
 MARK = "DSAGENT_DEPLOYMENT"
@@ -62,6 +62,18 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path
             cwd=cwd,
             start_new_session=True,
         )
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder that holds the dsagent package (put on the engine interpreter's path)."""
+
+
+def engine_env(base: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """``base`` plus ``extra``, with dsagent importable by another interpreter (``python -m dsagent...``
+    in the engine's environment, which may not have dsagent installed)."""
+    env = {**base, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), base.get("PYTHONPATH")]))
+    return env
 
 
 def run(argv: Sequence[str], *, timeout: float | None = 60.0, env: Mapping[str, str] | None = None,

