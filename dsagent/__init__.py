@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 _ERRORS = (
     "AlreadyRunningError", "AmbiguousDeploymentError", "ChecksumError", "ConversionError", "DeploymentError",
     "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError", "InputError",
-    "InstallError", "InvalidOptionError", "NoDeploymentError", "NotReadyError", "ParallelismError",
+    "InstallError", "InvalidOptionError", "JoinError", "NoDeploymentError", "NotReadyError", "ParallelismError",
     "PortInUseError", "SourceError", "StartupError", "StopError", "StreamTimeoutError", "UnknownModelError",
 )
 
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from .errors import (
         AlreadyRunningError, AmbiguousDeploymentError, ChecksumError, ConversionError, DeploymentError,
         DeploymentFailedError, DiskSpaceError, DoesNotFitError, DsagentError, FetchError, InputError,
-        InstallError, InvalidOptionError, NoDeploymentError, NotReadyError, ParallelismError, PortInUseError,
+        InstallError, InvalidOptionError, JoinError, NoDeploymentError, NotReadyError, ParallelismError, PortInUseError,
         SourceError, StartupError, StopError, StreamTimeoutError, UnknownModelError,
     )
     from .plan.budget import CpuPlan, GpuPlan, plan_cpu, plan_gpu

@@ -22,6 +22,7 @@ classes are there to be caught. Each leaf carries its data as typed attributes::
     │   ├── NoDeploymentError           name: nothing (of that name) is deployed
     │   ├── AmbiguousDeploymentError    names: several run and none was named
     │   ├── DeploymentFailedError       name, state, log_tail: it failed or crashed
+    │   ├── JoinError                   head, check: a node cannot join the head's deployment
     │   ├── StartupError                phase, log_tail: vLLM exited while starting
     │   ├── NotReadyError               phase: not ready when the bounded wait ran out
     │   └── StreamTimeoutError          a streamed answer gave no first token / stalled
@@ -47,6 +48,7 @@ __all__ = [
     "InputError",
     "InstallError",
     "InvalidOptionError",
+    "JoinError",
     "NoDeploymentError",
     "NotReadyError",
     "ParallelismError",
@@ -192,6 +194,14 @@ class DeploymentFailedError(DeploymentError):
     def __init__(self, problem: str, remedy: str = "", *, name: str, state: str, log_tail: str = "") -> None:
         super().__init__(problem, remedy)
         self.name, self.state, self.log_tail = name, state, log_tail
+
+
+class JoinError(DeploymentError):
+    """A node cannot join a multi-node deployment: ``check`` names what differs or fails."""
+
+    def __init__(self, problem: str, remedy: str = "", *, head: str, check: str) -> None:
+        super().__init__(problem, remedy)
+        self.head, self.check = head, check
 
 
 class StartupError(DeploymentError):

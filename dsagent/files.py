@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["digest", "read_safetensors_header", "safetensors_problem"]
+__all__ = ["digest", "digest_text", "read_safetensors_header", "safetensors_problem"]
 
 CHUNK = 8 << 20
 
@@ -35,6 +35,11 @@ def digest(path: Path, algo: str = "sha256") -> str:
         while block := f.read(CHUNK):
             h.update(block)
     return h.hexdigest()
+
+
+def digest_text(text: str) -> str:
+    """sha256 of a text (UTF-8), hex."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:

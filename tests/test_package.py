@@ -22,7 +22,7 @@ PACKAGE = Path(dsagent.__file__).parent
 PUBLIC = [
     "AlreadyRunningError", "AmbiguousDeploymentError", "ChecksumError", "ConversionError", "CpuPlan", "Deployment",
     "DeploymentError", "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError",
-    "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "LocalChatDeepSeek",
+    "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "JoinError", "LocalChatDeepSeek",
     "LocalChatOpenAI", "ModelSpec", "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError",
     "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
     "StreamTimeoutError", "UnknownModelError", "ask", "attach", "estimate", "fetch", "local_deepseek", "plan_cpu",

@@ -3,7 +3,8 @@
 =========================  ================================================================
 module                     commands
 =========================  ================================================================
-``up``                     ``up``, ``serve``
+``up``                     ``up``, ``serve`` (also the head of several nodes)
+``join``                   ``join`` (another node of a multi-node deployment)
 ``fetch``                  ``fetch``
 ``estimate``               ``estimate``
 ``status``                 ``status``, ``ps``, ``logs``
@@ -20,11 +21,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DsagentError
-from . import estimate, fetch, mcp, models, status, stop, up
+from . import estimate, fetch, join, mcp, models, status, stop, up
 
 __all__ = ["build_parser", "main"]
 
-VERBS = (up, fetch, estimate, status, stop, models, mcp)
+VERBS = (up, join, fetch, estimate, status, stop, models, mcp)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,10 @@ from ..deploy.state import PHASES, State
 from ..settings import Settings
 from ..system.gpus import detect_device
 
-__all__ = ["Progress", "add_serve_flags", "port", "print_deployment", "serve_options", "settings"]
+__all__ = [
+    "Progress", "add_cluster_flags", "add_serve_flags", "cpu_list", "port", "print_deployment", "serve_options",
+    "settings",
+]
 
 
 def settings() -> Settings:
@@ -69,9 +72,37 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dummy-weights", action="store_true", help="random weights of the real shapes (rehearsal)")
     p.add_argument("--tokenizer", help="tokenizer folder or id, if not the model's (e.g. with --dummy-weights)")
     p.add_argument("--vllm-arg", action="append", metavar="ARG", help="pass one more argument to vLLM (repeatable)")
+    p.add_argument("--cpus", type=cpu_list, help="CPU cores this node's workers may use, e.g. 0-3 or 0,1 (CPU only)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for ready (default 900)")
     p.add_argument("--no-wait", action="store_true", help="return once launched")
     p.add_argument("--json", action="store_true", help="print the deployment record as JSON")
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """``--cpus``: ``0-3``, ``0,2`` or a mix.
+
+    >>> cpu_list("0-2,5")
+    (0, 1, 2, 5)
+    """
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cpus takes core numbers such as 0-3 or 0,2, not {text!r}") from None
+    return tuple(out)
+
+
+def add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    """``up``'s flags for a multi-node head and for data-parallel replicas."""
+    g = p.add_argument_group("several nodes (vLLM's multi-node engine) and replicas")
+    g.add_argument("--nodes", type=int, default=1, help="nodes the deployment spans; this one is the head (rank 0)")
+    g.add_argument("--node-ip", help="this node's address, which the other nodes reach (needed with --nodes)")
+    g.add_argument("--master-port", type=int, default=29501, help="rank 0's port for the other nodes (default 29501)")
+    g.add_argument("--peers", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
+                   help="the other nodes' addresses in rank order, for the join commands printed")
+    g.add_argument("--dp", type=int, default=1, help="data-parallel replicas behind one endpoint")
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -80,7 +111,9 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         max_model_len=args.max_model_len, device=args.device or detect_device(),
         kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=True if args.enforce_eager else None, dummy_weights=args.dummy_weights, tokenizer=args.tokenizer,
-        extra_args=tuple(args.vllm_arg or ()),
+        extra_args=tuple(args.vllm_arg or ()), cpus=args.cpus,
+        nodes=getattr(args, "nodes", 1), node_ip=getattr(args, "node_ip", None),
+        master_port=getattr(args, "master_port", 29501), dp=getattr(args, "dp", 1),
     )
 
 

@@ -49,11 +49,26 @@ class Deployment:
     revision: str = ""
     estimate: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Any] = field(default_factory=dict)
+    dp: int = 1
+    node_rank: int = 0
+    master: str = ""
+    """``IP:PORT`` of rank 0's master (multi-node deployments), on every node."""
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    """On the head of a multi-node deployment: ``{"rank", "ip", "join"}`` of each node."""
+    head_url: str = ""
+    """On a joined node: the head's API root, whose ``/health`` says whether the whole is up."""
+    watcher_pid: int | None = None
 
     @property
     def base_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}/v1"
+
+    @property
+    def nodes_total(self) -> int:
+        """How many nodes the deployment spans (from its argv: ``--nnodes``)."""
+        argv = self.argv
+        return next((int(b) for a, b in zip(argv, argv[1:]) if a == "--nnodes"), 1)
 
     @property
     def root_url(self) -> str:

@@ -49,7 +49,7 @@ def _get(url: str, timeout: float = 2.0) -> httpx.Response | None:
 def live_state(dep: Deployment) -> State:
     """The deployment's state now, from its API server, ``/health``, its log and its processes."""
     if leader_alive(dep):
-        r = _get(f"{dep.root_url}/health")
+        r = _get(f"{dep.head_url or dep.root_url}/health")  # a joined node is ready when the whole is
         if r is not None and r.status_code == 200:
             return State.READY
         if dep.state in (State.READY, State.UNHEALTHY):
@@ -101,6 +101,8 @@ def report(dep: Deployment) -> dict[str, Any]:
     }
     if state == State.CRASHED:
         out["reason"] = "the API server is gone but its engine processes remain; run: dsagent stop " + dep.name
+    if dep.nodes_total > 1:
+        out.update(node_rank=dep.node_rank, master=dep.master, head_url=dep.head_url, nodes=_nodes(dep, state))
     if state == State.READY:
         r = _get(f"{dep.root_url}/metrics")
         if r is not None and r.status_code == 200:
@@ -108,6 +110,19 @@ def report(dep: Deployment) -> dict[str, Any]:
             out["kv_cache_usage"] = m.get("kv_cache_usage_perc", m.get("gpu_cache_usage_perc"))
             out["requests_running"] = m.get("num_requests_running")
             out["requests_waiting"] = m.get("num_requests_waiting")
+    return out
+
+
+def _nodes(dep: Deployment, state: State) -> list[dict[str, Any]]:
+    """Every node of a multi-node deployment as the head sees it: rank 0 is this one; the others
+    are ready when the whole is (vLLM serves only once every rank has joined)."""
+    out = []
+    for node in dep.nodes:
+        if node["rank"] == 0:
+            node_state = str(state)
+        else:
+            node_state = "ready" if state == State.READY else ("joining" if state.running else str(state))
+        out.append({"rank": node["rank"], "ip": node.get("ip", ""), "state": node_state})
     return out
 
 

@@ -8,7 +8,7 @@ finds the running deployment a client means.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import cache
 from typing import Any
@@ -19,9 +19,10 @@ from ..plan.catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
 from ..settings import Settings
 from ..system import gpus as machine
 from ..system.gpus import detect_device
-from ..system.ports import check_port, free_port
+from ..system.ports import check_port, free_port, is_local_address
 from ..system.procs import port_owner
 from ..weights.fetch import fetch
+from .join import JoinSpec, check_nodes, join_command
 from .launch import ServeOptions, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
 from .ready import Progress, log_tail
 from .records import Deployment, load
@@ -75,8 +76,8 @@ def _preflight_gpu(config: dict[str, Any], spec: ModelSpec, opts: ServeOptions, 
     if not gpus:
         step("no GPU visible through NVML (pip install nvidia-ml-py): skipping the memory plan")
         return opts, {}
-    check_layout(config, opts.tp, opts.pp, gpus=len(gpus))
-    used = gpus[: opts.tp * opts.pp]
+    check_layout(config, opts.tp, opts.pp, gpus=len(gpus) * opts.nodes)  # the same GPUs on every node
+    used = gpus[: opts.tp * opts.pp // opts.nodes]
     kwargs = dict(gpu_memory_gib=min(g.total_gib for g in used), gpus=len(gpus), tp=opts.tp, pp=opts.pp,
                   gpu_memory_utilization=opts.gpu_memory_utilization, vllm_version=vllm_version,
                   dtype=None if opts.dtype == "auto" else opts.dtype, free_memory_gib=[g.free_gib for g in used],
@@ -123,6 +124,36 @@ def _port(opts: ServeOptions, name: str, settings: Settings) -> ServeOptions:
     return opts
 
 
+def _head(opts: ServeOptions) -> ServeOptions:
+    """The head of a multi-node deployment: its own address, reachable by the others, is the master."""
+    check_nodes(opts.tp, opts.pp, opts.dp, opts.nodes)
+    if not opts.node_ip:
+        raise InvalidOptionError(f"--nodes {opts.nodes} needs this node's address: --node-ip IP",
+                                 "pass the address the other nodes reach this one at", option="--node-ip")
+    if not is_local_address(opts.node_ip):
+        raise InvalidOptionError(f"--node-ip {opts.node_ip} is not an address of this machine",
+                                 "pass this node's own address (`ip -brief address` lists them)",
+                                 option="--node-ip", value=opts.node_ip)
+    return replace(opts, node_rank=0, master_addr=opts.node_ip)
+
+
+def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Sequence[str], step: Step) -> None:
+    """Record every node of a multi-node deployment and print the command each must run."""
+    ip = record.master.rsplit(":", 1)[0]
+    # the others watch the head's /health: at its own address when the API listens on every interface
+    api = ip if record.host in ("0.0.0.0", "::", "") else record.host
+    record.nodes = [{"rank": 0, "ip": ip}]
+    for rank in range(1, record.nodes_total):
+        peer = peers[rank - 1] if rank - 1 < len(peers) else None
+        cmd = join_command(record, JoinSpec(
+            head=record.master, node_rank=rank, model=spec.repo_id if spec.source == "hub" else spec.name,
+            nodes=record.nodes_total, tp=record.tp, pp=record.pp, dp=record.dp, node_ip=peer,
+            head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
+            max_model_len=record.max_model_len, dtype=record.dtype, dummy_weights=serves_dummy_weights(record.argv)))
+        record.nodes.append({"rank": rank, "ip": peer or "", "join": cmd})
+        step(f"on node {rank}, run: {cmd}")
+
+
 def up(
     model: str | None = None,
     *,
@@ -133,11 +164,14 @@ def up(
     timeout: float = 900.0,
     on_step: Step | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    peers: Sequence[str] = (),
 ) -> Deployment:
     """Bring ``model`` up (the embedded default on a machine with no GPU) and return its record.
 
     A deployment of the same model already running with the same settings is returned as it
-    is (waiting for it if it is still starting); with other settings it is refused.
+    is (waiting for it if it is still starting); with other settings it is refused. With
+    ``options.nodes > 1`` this is the head (rank 0): it prints the ``dsagent join`` command of
+    every other node (``peers``: their addresses, in rank order, if known) and waits for them.
     """
     settings = settings or Settings.load()
     opts = options or ServeOptions(device=detect_device(settings))
@@ -150,7 +184,10 @@ def up(
         dep = _running(existing, spec, opts, step)
         return wait(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and dep.state != State.READY else dep
 
-    step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}")
+    if opts.nodes > 1:
+        opts = _head(opts)
+    step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}"
+         + (f" dp {opts.dp}" if opts.dp > 1 else "") + (f" over {opts.nodes} nodes" if opts.nodes > 1 else ""))
     version = cache(lambda: engine_version(settings, opts.device))
     opts, estimate = _preflight(spec, opts, version, step, settings)
     version()  # no vLLM: refused before the download
@@ -166,6 +203,10 @@ def up(
                       sampling=spec.sampling)
     record = record_of(plan, settings, model=spec.repo_id or spec.name, vllm_version=version(), estimate=estimate,
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
+    record.dp = opts.dp
+    if opts.nodes > 1:
+        record.master = f"{opts.node_ip}:{opts.master_port}"
+        _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
     return wait(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record

@@ -9,7 +9,7 @@ import httpx
 from ..errors import PortInUseError
 from .procs import port_owner
 
-__all__ = ["check_port", "free_port", "port_is_free"]
+__all__ = ["check_port", "free_port", "interface_of", "is_local_address", "port_is_free", "reachable", "route_address"]
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -65,3 +65,49 @@ def check_port(host: str, port: int, served_name: str, api_key: str) -> str:
         pid=owner.pid if owner else None,
         cmdline=owner.cmdline if owner else None,
     )
+
+
+def is_local_address(ip: str) -> bool:
+    """Whether ``ip`` belongs to this machine (a socket can be bound to it)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def interface_of(ip: str) -> str | None:
+    """The network interface whose address or network holds ``ip`` (for GLOO/NCCL_SOCKET_IFNAME)."""
+    import ipaddress
+
+    import psutil
+
+    addr = ipaddress.ip_address(ip)
+    for name, entries in psutil.net_if_addrs().items():
+        for e in entries:
+            if e.family not in (socket.AF_INET, socket.AF_INET6) or not e.netmask:
+                continue
+            try:
+                net = ipaddress.ip_network(f"{e.address.split('%')[0]}/{e.netmask}", strict=False)
+            except ValueError:
+                continue
+            if addr in net:
+                return name
+    return None
+
+
+def route_address(host: str, port: int) -> str:
+    """This machine's address on the way to ``host`` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))
+        return str(s.getsockname()[0])
+
+
+def reachable(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host:port`` is accepted within ``timeout`` seconds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

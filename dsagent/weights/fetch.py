@@ -128,7 +128,9 @@ def _fetch_local(spec: ModelSpec, weights: bool, t0: float) -> FetchResult:
         if not any(spec.path.glob("*.safetensors")) and not any(spec.path.glob("*.bin")):
             raise ChecksumError(f"{spec.path} holds no weight files (*.safetensors)", "point at a complete model folder",
                                 files=[str(spec.path)])
-    return FetchResult(path=spec.path, source="local", reused=True, seconds=time.time() - t0)
+    # a store folder passed as a path keeps its manifest (its fingerprint names the weights)
+    return FetchResult(path=spec.path, source="local", reused=True, seconds=time.time() - t0,
+                       manifest=Manifest.load(spec.path))
 
 
 def _fetch_bundled(spec: ModelSpec, dest: Path, settings: Settings, *, force: bool, deep_verify: bool,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ChecksumError
-from ..files import digest, safetensors_problem
+from ..files import digest, digest_text, safetensors_problem
 
 __all__ = ["MANIFEST", "FileMeta", "Manifest", "check_safetensors", "problems", "verify"]
 
@@ -98,6 +98,11 @@ class Manifest:
         files = {p.name: FileMeta(p.stat().st_size, digest(p))
                  for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
         return cls(path=str(folder), files=files, **fields)
+
+    @property
+    def fingerprint(self) -> str:
+        """One sha256 over every file's name and sha256: two folders with it hold the same model."""
+        return digest_text("\n".join(f"{k} {v.sha256}" for k, v in sorted(self.files.items())))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

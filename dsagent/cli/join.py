@@ -1,0 +1,54 @@
+"""``dsagent join``: this node's part of a multi-node deployment (the command the head printed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..deploy.join import JoinSpec, join
+from ..deploy.launch import ServeOptions
+from ..system.gpus import detect_device
+from ._common import Progress, cpu_list, settings
+
+__all__ = ["add_command", "run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = JoinSpec(head=args.head, node_rank=args.node_rank, model=args.model, nodes=args.nodes, tp=args.tp,
+                    pp=args.pp, dp=args.dp, name=args.name, node_ip=args.node_ip, head_url=args.head_url or "",
+                    vllm_version=args.vllm_version or "", fingerprint=args.fingerprint or "",
+                    max_model_len=args.max_model_len, dtype=args.dtype, dummy_weights=args.dummy_weights)
+    options = ServeOptions(device=args.device or detect_device(), cpus=args.cpus)
+    dep = join(spec, options=options, settings=settings(), master_timeout=args.timeout, on_step=Progress().step)
+    if args.json:
+        print(json.dumps(dep.to_json(), indent=2))
+    else:
+        print(f"{dep.name}: rank {dep.node_rank} started (pid {dep.pid}); it serves once every node has joined, "
+              f"and stops by itself when the head {args.head} is gone. `dsagent status {dep.name}` follows it.")
+    return 0
+
+
+def add_command(sub: Any) -> None:
+    text = "join a multi-node deployment as one of its nodes (run what the head printed)"
+    p = sub.add_parser("join", help=text, description=text)
+    p.add_argument("head", metavar="HEAD_IP:PORT", help="the head's master address")
+    p.add_argument("--node-rank", type=int, required=True, help="this node's rank (1 .. nodes-1)")
+    p.add_argument("--model", required=True, help="the model the head serves")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--dp", type=int, default=1)
+    p.add_argument("--name", help="the deployment's name (the head's)")
+    p.add_argument("--node-ip", help="this node's address (default: the one on the route to the head)")
+    p.add_argument("--head-url", help="the head's API root, watched to stop this node when the head is gone")
+    p.add_argument("--vllm-version", help="the head's vLLM version; refused when this node's differs")
+    p.add_argument("--fingerprint", help="the head's model fingerprint; refused when this node's weights differ")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dummy-weights", action="store_true")
+    p.add_argument("--device", choices=("cpu", "gpu"))
+    p.add_argument("--cpus", type=cpu_list, help="CPU cores this node's workers may use (CPU only)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the head's master port")
+    p.add_argument("--json", action="store_true", help="print this node's deployment record as JSON")
+    p.set_defaults(func=run)

@@ -1,0 +1,168 @@
+"""join: a node's part of a multi-node deployment, on vLLM's own multi-node engine.
+
+The head (``dsagent up MODEL --nodes N ... --node-ip IP``) starts rank 0 and prints, for every
+other node, the ``dsagent join`` command to run there (``join_command``). ``join`` checks,
+before anything starts, what makes multi-node launches hang or fail later: this node's IP is
+its own, the head's master port answers, the vLLM version and the model's content (manifest
+fingerprint) are the head's. Then it starts this node's headless engine (``--headless``, no API
+server) and a watcher (``dsagent.deploy.watch``) that stops it when the head is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..errors import InvalidOptionError, JoinError, ParallelismError
+from ..plan.catalog import ModelSpec, resolve
+from ..settings import Settings
+from ..system.ports import interface_of, is_local_address, reachable, route_address
+from ..system.procs import MARK, engine_env, mark_for, spawn
+from ..weights.fetch import FetchResult, fetch
+from .launch import ServeOptions, engine_version, launch, plan_serve, record_of
+from .records import Deployment, save
+
+__all__ = ["JoinSpec", "check_nodes", "join", "join_command"]
+
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    """What the head tells a node (the flags of ``dsagent join``)."""
+
+    head: str
+    """The head's ``IP:MASTER_PORT``."""
+    node_rank: int
+    model: str
+    nodes: int
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+    name: str | None = None
+    node_ip: str | None = None
+    head_url: str = ""
+    vllm_version: str = ""
+    fingerprint: str = ""
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    dummy_weights: bool = False
+
+
+def check_nodes(tp: int, pp: int, dp: int, nodes: int) -> int:
+    """This node's share of the ranks; refuses layouts vLLM would (TP within a node, PP across).
+
+    >>> check_nodes(tp=1, pp=2, dp=1, nodes=2), check_nodes(tp=8, pp=2, dp=1, nodes=2)
+    (1, 8)
+    """
+    world = tp * pp * dp
+    if nodes < 1 or world % nodes:
+        raise ParallelismError(f"{world} ranks (tp {tp} x pp {pp} x dp {dp}) cannot be split evenly over {nodes} "
+                               "nodes", "choose --nodes that divides tp x pp x dp, e.g. --pp equal to --nodes",
+                               tp=tp, pp=pp)
+    local = world // nodes
+    if local % tp:
+        raise ParallelismError(f"tensor parallel size {tp} is larger than one node's {local} ranks: TP must stay "
+                               "within a node", f"use --tp {local} or less and spread layers over nodes with --pp",
+                               tp=tp, pp=pp)
+    return local
+
+
+def join_command(dep: Deployment, spec: JoinSpec) -> str:
+    """The exact ``dsagent join`` command for one node (what the head prints)."""
+    argv = ["dsagent", "join", spec.head, "--node-rank", str(spec.node_rank), "--model", spec.model,
+            "--nodes", str(spec.nodes), "--tp", str(spec.tp), "--pp", str(spec.pp), "--name", dep.name,
+            "--head-url", spec.head_url, "--vllm-version", spec.vllm_version]
+    argv += ["--dp", str(spec.dp)] if spec.dp > 1 else []
+    argv += ["--node-ip", spec.node_ip] if spec.node_ip else []
+    argv += ["--fingerprint", spec.fingerprint] if spec.fingerprint else []
+    argv += ["--max-model-len", str(spec.max_model_len)] if spec.max_model_len else []
+    argv += ["--dtype", spec.dtype] if spec.dtype != "auto" else []
+    argv += ["--dummy-weights"] if spec.dummy_weights else []
+    return shlex.join(argv)
+
+
+def _wait_for_master(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not reachable(host, port):
+        if time.monotonic() > deadline:
+            raise JoinError(f"the head's master port {host}:{port} does not answer (waited {timeout:.0f} s)",
+                            "start the head first (dsagent up ... --nodes N) and check that this node can reach "
+                            f"{host}:{port} (firewall, the address the head printed)", head=f"{host}:{port}",
+                            check="master")
+        time.sleep(1.0)
+
+
+def _node_ip(spec: JoinSpec, host: str, port: int) -> str:
+    ip = spec.node_ip or route_address(host, port)
+    if not is_local_address(ip):
+        raise InvalidOptionError(f"--node-ip {ip} is not an address of this machine",
+                                 "pass this node's own address, the one the head can reach "
+                                 "(`ip -brief address` lists them)", option="--node-ip", value=ip)
+    return ip
+
+
+def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Settings | None = None,
+         master_timeout: float = 120.0, on_step: Step | None = None) -> Deployment:
+    """Check this node against the head, then start its headless engine and its watcher."""
+    settings = settings or Settings.load()
+    step = on_step or (lambda _m: None)
+    host, _, port_text = spec.head.rpartition(":")
+    if not host or not port_text.isdigit():
+        raise InvalidOptionError(f"head {spec.head!r} is not IP:PORT", "pass what the head printed, e.g. "
+                                 "10.0.0.1:29501", option="HEAD", value=spec.head)
+    port = int(port_text)
+    if not 0 < spec.node_rank < spec.nodes:
+        raise InvalidOptionError(f"--node-rank {spec.node_rank} is not one of 1..{spec.nodes - 1}",
+                                 "rank 0 is the head; give each other node its own rank", option="--node-rank",
+                                 value=spec.node_rank)
+    check_nodes(spec.tp, spec.pp, spec.dp, spec.nodes)
+    ip = _node_ip(spec, host, port)
+    model = resolve(spec.model)
+    o = replace(options or ServeOptions(), tp=spec.tp, pp=spec.pp, dp=spec.dp, nodes=spec.nodes,
+                node_rank=spec.node_rank, node_ip=ip, master_addr=host, master_port=port,
+                max_model_len=spec.max_model_len, dtype=spec.dtype, dummy_weights=spec.dummy_weights)
+    version = engine_version(settings, o.device)
+    if spec.vllm_version and version != spec.vllm_version:
+        raise JoinError(f"this node has vLLM {version}, the head {spec.vllm_version}",
+                        f"install vLLM {spec.vllm_version} here (the same build as the head)", head=spec.head,
+                        check="vllm_version")
+    step(f"fetch: {model.name} ({model.source})")
+    fetched = fetch(model, settings=settings, weights=not o.dummy_weights)
+    mine = fetched.manifest.fingerprint if fetched.manifest else ""
+    if spec.fingerprint and mine != spec.fingerprint:
+        raise JoinError(f"{model.name} here ({fetched.path}, fingerprint {mine[:12] or 'none'}) is not the head's "
+                        f"({spec.fingerprint[:12]})", f"fetch the head's revision: dsagent fetch --force {spec.model}; "
+                        "every node must serve the same weights", head=spec.head, check="model")
+    step(f"waiting for the head's master port {host}:{port}")
+    _wait_for_master(host, port, master_timeout)
+    return _start(spec, model, o, fetched, version, settings, step)
+
+
+def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResult, version: str,
+           settings: Settings, step: Step) -> Deployment:
+    name = spec.name or model.name
+    plan = plan_serve(name, fetched.path, settings, o, reasoning=model.reasoning, context_limit=model.context_limit,
+                      sampling=model.sampling)
+    if (iface := interface_of(o.node_ip or "")) and iface != "lo":
+        plan = replace(plan, env={**plan.env, "GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": iface})
+    record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
+                       revision=fetched.revision)
+    record.node_rank, record.master, record.head_url = spec.node_rank, spec.head, spec.head_url
+    step(f"serve (headless, rank {spec.node_rank} of {spec.nodes}): {' '.join(plan.argv[1:])}")
+    record = launch(plan, settings, api_key=settings.api_key(), record=record)
+    _watch(record, settings)
+    return record
+
+
+def _watch(dep: Deployment, settings: Settings) -> None:
+    """Start the watcher that stops this node when the head is gone; record its pid."""
+    env = engine_env(os.environ, DSAGENT_HOME=str(settings.home), **{MARK: mark_for(settings.home, dep.name)})
+    proc = spawn([sys.executable, "-m", "dsagent.deploy.watch", dep.name], env,
+                 settings.logs_dir / f"{dep.name}.watch.log")
+    dep.watcher_pid = proc.pid
+    save(settings, dep)
