@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 ifeq ($(PIP),uv)
 	$(BIN)/pip install --quiet --disable-pip-version-check 'uv>=0.5'
-	$(BIN)/uv pip install --python $(BIN)/python $(UV_SOURCES) -e '.[cpu,test]'
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python $(UV_SOURCES) -e '.[cpu,test]'
 	$(BIN)/uv pip uninstall --python $(BIN)/python $(MISMATCHED)
 else
 	$(BIN)/pip install $(PIP_SOURCES) -e '.[cpu,test]'
