@@ -51,6 +51,9 @@ class JoinSpec:
     max_model_len: int | None = None
     dtype: str = "auto"
     dummy_weights: bool = False
+    kv_cache_gib: int | None = None
+    """CPU: the head's KV-cache size (every node holds the same share of layers' cache)."""
+    gpu_memory_utilization: float | None = None
 
 
 def check_nodes(tp: int, pp: int, dp: int, nodes: int) -> int:
@@ -83,6 +86,8 @@ def join_command(dep: Deployment, spec: JoinSpec) -> str:
     argv += ["--max-model-len", str(spec.max_model_len)] if spec.max_model_len else []
     argv += ["--dtype", spec.dtype] if spec.dtype != "auto" else []
     argv += ["--dummy-weights"] if spec.dummy_weights else []
+    argv += ["--kv-cache-gib", str(spec.kv_cache_gib)] if spec.kv_cache_gib else []
+    argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)] if spec.gpu_memory_utilization else []
     return shlex.join(argv)
 
 
@@ -125,7 +130,8 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
     model = resolve(spec.model)
     o = replace(options or ServeOptions(), tp=spec.tp, pp=spec.pp, dp=spec.dp, nodes=spec.nodes,
                 node_rank=spec.node_rank, node_ip=ip, master_addr=host, master_port=port,
-                max_model_len=spec.max_model_len, dtype=spec.dtype, dummy_weights=spec.dummy_weights)
+                max_model_len=spec.max_model_len, dtype=spec.dtype, dummy_weights=spec.dummy_weights,
+                kv_cache_gib=spec.kv_cache_gib, gpu_memory_utilization=spec.gpu_memory_utilization)
     version = engine_version(settings, o.device)
     if spec.vllm_version and version != spec.vllm_version:
         raise JoinError(f"this node has vLLM {version}, the head {spec.vllm_version}",

@@ -137,6 +137,10 @@ def _head(opts: ServeOptions) -> ServeOptions:
     return replace(opts, node_rank=0, master_addr=opts.node_ip)
 
 
+def _flag(argv: Sequence[str], name: str, kind: Callable[[str], Any]) -> Any:
+    return next((kind(b) for a, b in zip(argv, argv[1:]) if a == name), None)
+
+
 def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Sequence[str], step: Step) -> None:
     """Record every node of a multi-node deployment and print the command each must run."""
     ip = record.master.rsplit(":", 1)[0]
@@ -149,7 +153,9 @@ def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Se
             head=record.master, node_rank=rank, model=spec.repo_id if spec.source == "hub" else spec.name,
             nodes=record.nodes_total, tp=record.tp, pp=record.pp, dp=record.dp, node_ip=peer,
             head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
-            max_model_len=record.max_model_len, dtype=record.dtype, dummy_weights=serves_dummy_weights(record.argv)))
+            max_model_len=record.max_model_len, dtype=record.dtype, dummy_weights=serves_dummy_weights(record.argv),
+            kv_cache_gib=int(record.env["VLLM_CPU_KVCACHE_SPACE"]) if "VLLM_CPU_KVCACHE_SPACE" in record.env else None,
+            gpu_memory_utilization=_flag(record.argv, "--gpu-memory-utilization", float)))
         record.nodes.append({"rank": rank, "ip": peer or "", "join": cmd})
         step(f"on node {rank}, run: {cmd}")
 

