@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -60,7 +62,9 @@ def _paris(dep) -> str:
 
 @pytest.mark.server
 @pytest.mark.timeout(900)
-def test_pp2_over_two_nodes_answers_and_stops_everywhere(settings, tmp_path):
+def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(settings, tmp_path):
+    """PP=2, one stage per node; then SIGKILL of the head's API server: the joined node ends itself
+    within the bound, and `dsagent stop` on the head reaps the engine the kill left behind."""
     node2 = Settings.load(tmp_path / "node2")
     opts = ServeOptions(port=0, device="cpu", pp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
                         cpus=(0,))
@@ -79,12 +83,48 @@ def test_pp2_over_two_nodes_answers_and_stops_everywhere(settings, tmp_path):
         assert [(n["rank"], n["ip"], n["state"]) for n in st["nodes"]] == [(0, "127.0.0.1", "ready"),
                                                                            (1, "127.0.0.2", "ready")]
         assert report(worker)["state"] == "ready"
+        os.kill(head.pid, signal.SIGKILL)
+        took = _gone_within(worker, STOP_BOUND)
+        after = load(node2, "pp2")
+        assert after.state == State.STOPPED and "gone" in after.reason, (took, after.reason)
+        assert processes_of(head)  # the kill left the head's engine behind ...
     finally:
         stop("pp2", settings=settings)
+    assert not [p for p in vllm_processes() if p.pgid in (head.pgid, worker.pgid)]  # ... and stop reaped it
+
+
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_dp2_over_two_nodes_serves_from_both_and_stops_everywhere(settings, tmp_path):
+    """Two data-parallel replicas, one per node, behind the head's endpoint; then `dsagent stop` on
+    the head: the joined node follows within the bound."""
+    node2 = Settings.load(tmp_path / "node2")
+    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
+                        cpus=(0,))
+    head = up(options=opts, name="dp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
+    try:
+        env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
+        out = subprocess.run(_join_command(head, head.model_path), env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        worker = load(node2, "dp2")
+        head = wait(head, settings, timeout=600)
+        with ThreadPoolExecutor(8) as pool:  # at once, so the head's balancer spreads them over the replicas
+            answers = list(pool.map(lambda _: _paris(head), range(16)))
+        assert all("Paris" in a for a in answers)
+        metrics = httpx.get(f"{head.root_url}/metrics", timeout=10).text
+        served: dict[str, float] = {}  # finished requests per engine, over every finish reason
+        for line in metrics.splitlines():
+            if line.startswith("vllm:request_success_total{"):
+                engine = line.split('engine="')[1].split('"')[0]
+                served[engine] = served.get(engine, 0.0) + float(line.rsplit(" ", 1)[1])
+        assert set(served) == {"0", "1"} and all(v > 0 for v in served.values()), served
+    finally:
+        stop("dp2", settings=settings)
     took = _gone_within(worker, STOP_BOUND)
-    after = load(node2, "pp2")
+    after = load(node2, "dp2")
     assert after.state == State.STOPPED and "gone" in after.reason, (took, after.reason)
-    assert not [p for p in vllm_processes() if p.pgid in (head.pgid, worker.pgid)]
+    assert not processes_of(head)
 
 
 def test_node_layouts_are_checked():

@@ -144,8 +144,10 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
         raise JoinError(f"{model.name} here ({fetched.path}, fingerprint {mine[:12] or 'none'}) is not the head's "
                         f"({spec.fingerprint[:12]})", f"fetch the head's revision: dsagent fetch --force {spec.model}; "
                         "every node must serve the same weights", head=spec.head, check="model")
-    step(f"waiting for the head's master port {host}:{port}")
-    _wait_for_master(host, port, master_timeout)
+    # data-parallel heads listen first on the replicas' handshake port (master port + 1)
+    port_open = port + 1 if spec.dp > 1 else port
+    step(f"waiting for the head at {host}:{port_open}")
+    _wait_for_master(host, port_open, master_timeout)
     return _start(spec, model, o, fetched, version, settings, step)
 
 
@@ -158,7 +160,7 @@ def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResu
         plan = replace(plan, env={**plan.env, "GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": iface})
     record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
                        revision=fetched.revision)
-    record.node_rank, record.master, record.head_url = spec.node_rank, spec.head, spec.head_url
+    record.node_rank, record.master, record.head_url, record.dp = spec.node_rank, spec.head, spec.head_url, spec.dp
     step(f"serve (headless, rank {spec.node_rank} of {spec.nodes}): {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
     _watch(record, settings)

@@ -132,8 +132,8 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
 def _cluster_flags(o: ServeOptions) -> list[str]:
     """vLLM's multi-node multiprocessing and data-parallel flags (``--headless`` off the head)."""
     argv: list[str] = []
-    if o.dp > 1:
-        argv += ["--data-parallel-size", str(o.dp)]
+    if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
+        argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
     if o.nodes > 1:
         argv += ["--nnodes", str(o.nodes), "--node-rank", str(o.node_rank), "--master-addr",
                  str(o.master_addr or o.node_ip or "127.0.0.1"), "--master-port", str(o.master_port)]

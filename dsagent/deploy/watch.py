@@ -43,7 +43,7 @@ def head_alive(dep: Deployment, seen_health: bool) -> tuple[bool, bool]:
     if seen_health:
         return False, True
     host, _, port = dep.master.rpartition(":")
-    return reachable(host, int(port)), False
+    return reachable(host, int(port) + (1 if dep.dp > 1 else 0)), False
 
 
 def _end(dep: Deployment, settings: Settings, state: State, reason: str) -> None:

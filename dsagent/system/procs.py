@@ -162,6 +162,7 @@ def vllm_processes() -> list[ProcInfo]:
         p
         for p in _all()
         if p.name.startswith("VLLM") or p.cmdline.startswith("VLLM::") or "vllm.entrypoints" in p.cmdline
+        or "dsagent.deploy.vllm_cli" in p.cmdline  # multi-node and data-parallel launches
     ]
 
 
