@@ -231,9 +231,10 @@ def local_deepseek(
     for it) first. ``overrides`` go to the chat model class (``temperature``, ``max_tokens``,
     ``timeout``, ``first_token_timeout``, ``idle_timeout``, ...).
 
-    >>> llm = local_deepseek()                                  # doctest: +SKIP
-    >>> llm.invoke("What is the capital of France?").content   # doctest: +SKIP
-    'The capital of France is Paris.'
+    With a deployment running (tests/test_recipes_smoke.py runs this against a real server)::
+
+        llm = local_deepseek()
+        llm.invoke("What is the capital of France?").content   # 'The capital of France is Paris.'
     """
     if backend not in ("deepseek", "openai"):
         raise InvalidOptionError(f"unknown backend {backend!r}", 'use backend="deepseek" or backend="openai"',

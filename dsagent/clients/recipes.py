@@ -5,10 +5,10 @@ Each recipe has a chain (``translate_chain()``), a call (``translate()``), an as
 so vLLM batches them. Every function takes ``llm=`` to use another chat model; by default the
 running deployment's model is used (greedy for small models, R1's sampling for R1 models).
 
->>> ask("What is the capital of France?")                        # doctest: +SKIP
-'The capital of France is Paris.'
->>> suggest_names("a nickname for a baby boy", n=3)              # doctest: +SKIP
-['Max', 'Leo', 'Sam']
+With a deployment running (tests/test_recipes_smoke.py runs these against a real server)::
+
+    ask("What is the capital of France?")             # 'The capital of France is Paris.'
+    suggest_names("a nickname for a baby boy", n=3)   # ['Max', 'Leo', 'Sam']
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from ..settings import Settings
 from ..system import procs
 from ..system.procs import MARK, end_processes, leader_alive, mark_for, processes_of, spawn
 from .ready import Progress, failure_reason, log_tail, parse_capacity, wait_ready
-from .records import Deployment, save
+from .records import Deployment, argv_flag, save
 from .state import State
 
 __all__ = [
@@ -107,7 +107,7 @@ def serves_dummy_weights(argv: Sequence[str]) -> bool:
     >>> serves_dummy_weights(["--served-model-name", "dummy"]), serves_dummy_weights(["--load-format", "dummy"])
     (False, True)
     """
-    return any(a == "--load-format" and b == "dummy" for a, b in zip(argv, argv[1:]))
+    return argv_flag(argv, "--load-format") == "dummy"
 
 
 def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int] | None,

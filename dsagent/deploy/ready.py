@@ -57,9 +57,9 @@ def log_tail(path: Path | str, lines: int = 25) -> str:
 def phase_of_log(text: str) -> str:
     """The phase a vLLM log has reached (``serving`` means the HTTP server is up).
 
-    >>> phase_of_log("INFO [cpu_model_runner.py:68] Starting to load model /m...")
+    >>> str(phase_of_log("INFO [cpu_model_runner.py:68] Starting to load model /m..."))
     'loading'
-    >>> phase_of_log("Loading weights took 1.64 seconds\\nCPU KV cache size: 23,296 tokens")
+    >>> str(phase_of_log("Loading weights took 1.64 seconds\\nCPU KV cache size: 23,296 tokens"))
     'profiling'
     """
     for phase, pattern in _MARKERS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,16 @@ from typing import Any
 from ..settings import Settings
 from .state import State
 
-__all__ = ["Deployment", "delete", "list_all", "load", "save"]
+__all__ = ["Deployment", "argv_flag", "delete", "list_all", "load", "save"]
+
+
+def argv_flag(argv: Sequence[str], name: str) -> str | None:
+    """The value that follows ``name`` in a launch's argv, or ``None``.
+
+    >>> argv_flag(["--served-model-name", "dummy", "--load-format", "dummy"], "--load-format")
+    'dummy'
+    """
+    return next((b for a, b in zip(argv, argv[1:]) if a == name), None)
 
 
 @dataclass
@@ -67,8 +77,7 @@ class Deployment:
     @property
     def nodes_total(self) -> int:
         """How many nodes the deployment spans (from its argv: ``--nnodes``)."""
-        argv = self.argv
-        return next((int(b) for a, b in zip(argv, argv[1:]) if a == "--nnodes"), 1)
+        return int(argv_flag(self.argv, "--nnodes") or 1)
 
     @property
     def root_url(self) -> str:

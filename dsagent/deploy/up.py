@@ -25,7 +25,7 @@ from ..weights.fetch import fetch
 from .join import JoinSpec, check_nodes, join_command
 from .launch import ServeOptions, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
 from .ready import Progress, log_tail
-from .records import Deployment, load
+from .records import Deployment, argv_flag, load
 from .state import State
 from .status import find, live_state
 
@@ -137,10 +137,6 @@ def _head(opts: ServeOptions) -> ServeOptions:
     return replace(opts, node_rank=0, master_addr=opts.node_ip)
 
 
-def _flag(argv: Sequence[str], name: str, kind: Callable[[str], Any]) -> Any:
-    return next((kind(b) for a, b in zip(argv, argv[1:]) if a == name), None)
-
-
 def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Sequence[str], step: Step) -> None:
     """Record every node of a multi-node deployment and print the command each must run."""
     ip = record.master.rsplit(":", 1)[0]
@@ -155,7 +151,7 @@ def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Se
             head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
             max_model_len=record.max_model_len, dtype=record.dtype, dummy_weights=serves_dummy_weights(record.argv),
             kv_cache_gib=int(record.env["VLLM_CPU_KVCACHE_SPACE"]) if "VLLM_CPU_KVCACHE_SPACE" in record.env else None,
-            gpu_memory_utilization=_flag(record.argv, "--gpu-memory-utilization", float)))
+            gpu_memory_utilization=float(gmu) if (gmu := argv_flag(record.argv, "--gpu-memory-utilization")) else None))
         record.nodes.append({"rank": rank, "ip": peer or "", "join": cmd})
         step(f"on node {rank}, run: {cmd}")
 

@@ -23,8 +23,10 @@ errors         every failure reaches the agent as an MCP tool error whose messag
                context, server not answering); the server itself keeps running
 =============  ==========================================================================
 
->>> server = build_server(Backend(Settings.load()))               # doctest: +SKIP
->>> serve(Backend(Settings.load()), http=True, port=8765)           # doctest: +SKIP
+In code (``dsagent mcp`` does this)::
+
+    server = build_server(Backend(Settings.load()))       # in memory: mcp.Client(server)
+    serve(Backend(Settings.load()), http=True, port=8765)
 """
 
 from __future__ import annotations
