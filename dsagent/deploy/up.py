@@ -137,6 +137,11 @@ def _head(opts: ServeOptions) -> ServeOptions:
     return replace(opts, node_rank=0, master_addr=opts.node_ip)
 
 
+def _model_ref(spec: ModelSpec) -> str:
+    """How another node names the model: the hub id, the folder's path, or the catalog name."""
+    return spec.repo_id if spec.source == "hub" else str(spec.path) if spec.path else spec.name
+
+
 def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Sequence[str], step: Step) -> None:
     """Record every node of a multi-node deployment and print the command each must run."""
     ip = record.master.rsplit(":", 1)[0]
@@ -146,7 +151,7 @@ def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Se
     for rank in range(1, record.nodes_total):
         peer = peers[rank - 1] if rank - 1 < len(peers) else None
         cmd = join_command(record, JoinSpec(
-            head=record.master, node_rank=rank, model=spec.repo_id if spec.source == "hub" else spec.name,
+            head=record.master, node_rank=rank, model=_model_ref(spec),
             nodes=record.nodes_total, tp=record.tp, pp=record.pp, dp=record.dp, node_ip=peer,
             head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
             max_model_len=record.max_model_len, dtype=record.dtype, dummy_weights=serves_dummy_weights(record.argv),
