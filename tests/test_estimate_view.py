@@ -79,3 +79,18 @@ def test_reads_visible_gpus(monkeypatch, capsys):
                    "--json"], capsys)
     d = json.loads(out)
     assert rc == 0 and d["fits"] and d["detail"]["tp"] * d["detail"]["pp"] <= 2
+
+
+def test_nodes_spread_a_model_that_one_node_cannot_hold(capsys):
+    """70B on 24 GiB cards: one node of 4 does not hold it at 8k, and the fix says how many nodes
+    do; with 2 nodes the layout keeps TP within a node and puts PP across."""
+    card = ["--gpu-memory-gib", "23.55", "--vllm-version", "0.26.0", "--max-model-len", "8192", "--json"]
+    rc, out = run(["deepseek-r1-distill-llama-70b", "--gpus", "4", *card], capsys)
+    one = json.loads(out)
+    assert rc == 1 and any("--nodes 2" in s for s in one["detail"]["suggestions"])
+    rc, out = run(["deepseek-r1-distill-llama-70b", "--gpus", "4", "--nodes", "2", *card], capsys)
+    two = json.loads(out)
+    assert rc == 0 and two["fits"] and two["detail"]["nodes"] == 2
+    assert two["detail"]["tp"] <= 4 and two["detail"]["tp"] * two["detail"]["pp"] == 8
+    with pytest.raises(ParallelismError, match="TP must stay within a node"):
+        run(["deepseek-r1-distill-llama-70b", "--gpus", "4", "--nodes", "2", "--tp", "8", *card], capsys)

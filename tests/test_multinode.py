@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dsagent.deploy.join import JoinSpec, check_nodes, join
+from dsagent.deploy.join import JoinSpec, join
+from dsagent.plan.budget import check_nodes
 from dsagent.deploy.launch import ServeOptions, wait
 from dsagent.deploy.records import load
 from dsagent.deploy.state import State

@@ -26,7 +26,8 @@ def add_command(subparsers: Any) -> None:
     p = subparsers.add_parser("estimate", help=text, description=text)
     p.add_argument("model", metavar="MODEL_OR_CONFIG_DIR", help="catalog name or a folder with config.json")
     p.add_argument("--gpu-memory-gib", type=float, help="memory of each GPU as vLLM sees it (H100: 79.18)")
-    p.add_argument("--gpus", type=int, help="number of GPUs (default: visible GPUs, or tp*pp)")
+    p.add_argument("--gpus", type=int, help="number of GPUs per node (default: visible GPUs, or tp*pp)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes the layout spans, --gpus each (TP within a node)")
     p.add_argument("--gpu-memory-utilization", type=float, help="vLLM's share of each GPU (release default)")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's limit; CPU: 2048)")
     p.add_argument("--tp", type=int, help="tensor parallel size (default: recommended)")
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Handle ``dsagent estimate``: 0 when the plan fits, 1 when not; bad input raises ``InputError``."""
     plan = planner.estimate(
         args.model, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, tp=args.tp, pp=args.pp,
-        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len, nodes=args.nodes, gpu_memory_utilization=args.gpu_memory_utilization,
         vllm_version=args.vllm_version, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
         block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     name = resolve(args.model).name
@@ -82,7 +83,8 @@ def _bar(w: WorkerPlan) -> str:
 def render(plan: GpuPlan, name: str = "") -> str:
     """The terminal view: summary, one budget row and bar per GPU, reasons and suggestions."""
     lines = [
-        f"{name}  vLLM {plan.vllm_version} ({plan.engine})  TP {plan.tp} x PP {plan.pp}  "
+        f"{name}  vLLM {plan.vllm_version} ({plan.engine})  TP {plan.tp} x PP {plan.pp}"
+        + (f" over {plan.nodes} nodes" if plan.nodes > 1 else "") + "  "
         f"{plan.gpu_memory_gib:.2f} GiB/GPU x util {plan.gpu_memory_utilization}",
         f"verdict: {'FITS' if plan.fits else 'DOES NOT FIT'}   KV cache {plan.kv_cache_tokens:,} tokens, "
         f"{plan.max_concurrency:.2f}x concurrency at {plan.max_model_len:,} tokens, "

@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..errors import InvalidOptionError, JoinError, ParallelismError
+from ..errors import InvalidOptionError, JoinError
+from ..plan.budget import check_nodes
 from ..plan.catalog import ModelSpec, resolve
 from ..settings import Settings
 from ..system.ports import interface_of, is_local_address, reachable, route_address
@@ -26,7 +27,7 @@ from ..weights.fetch import FetchResult, fetch
 from .launch import ServeOptions, engine_version, launch, plan_serve, record_of
 from .records import Deployment, save
 
-__all__ = ["JoinSpec", "check_nodes", "join", "join_command"]
+__all__ = ["JoinSpec", "join", "join_command"]
 
 Step = Callable[[str], None]
 
@@ -54,25 +55,6 @@ class JoinSpec:
     kv_cache_gib: int | None = None
     """CPU: the head's KV-cache size (every node holds the same share of layers' cache)."""
     gpu_memory_utilization: float | None = None
-
-
-def check_nodes(tp: int, pp: int, dp: int, nodes: int) -> int:
-    """This node's share of the ranks; refuses layouts vLLM would (TP within a node, PP across).
-
-    >>> check_nodes(tp=1, pp=2, dp=1, nodes=2), check_nodes(tp=8, pp=2, dp=1, nodes=2)
-    (1, 8)
-    """
-    world = tp * pp * dp
-    if nodes < 1 or world % nodes:
-        raise ParallelismError(f"{world} ranks (tp {tp} x pp {pp} x dp {dp}) cannot be split evenly over {nodes} "
-                               "nodes", "choose --nodes that divides tp x pp x dp, e.g. --pp equal to --nodes",
-                               tp=tp, pp=pp)
-    local = world // nodes
-    if local % tp:
-        raise ParallelismError(f"tensor parallel size {tp} is larger than one node's {local} ranks: TP must stay "
-                               "within a node", f"use --tp {local} or less and spread layers over nodes with --pp",
-                               tp=tp, pp=pp)
-    return local
 
 
 def join_command(dep: Deployment, spec: JoinSpec) -> str:

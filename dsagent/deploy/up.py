@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from ..errors import AlreadyRunningError, DeploymentFailedError, InvalidOptionError, NoDeploymentError
-from ..plan.budget import check_layout, cpu_context, plan_cpu, plan_gpu, raise_unless_fits
+from ..plan.budget import check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu, raise_unless_fits
 from ..plan.catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
 from ..settings import Settings
 from ..system import gpus as machine
@@ -22,7 +22,7 @@ from ..system.gpus import detect_device
 from ..system.ports import check_port, free_port, is_local_address
 from ..system.procs import port_owner
 from ..weights.fetch import fetch
-from .join import JoinSpec, check_nodes, join_command
+from .join import JoinSpec, join_command
 from .launch import ServeOptions, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
 from .ready import Progress, log_tail
 from .records import Deployment, argv_flag, load

@@ -39,8 +39,8 @@ from .arch import (
 )
 
 __all__ = [
-    "CPU_DEFAULT_MAX_MODEL_LEN", "CpuPlan", "GpuPlan", "WorkerPlan", "check_layout", "cpu_context", "plan_cpu",
-    "plan_gpu", "raise_unless_fits",
+    "CPU_DEFAULT_MAX_MODEL_LEN", "CpuPlan", "GpuPlan", "WorkerPlan", "check_layout", "check_nodes", "cpu_context",
+    "plan_cpu", "plan_gpu", "raise_unless_fits",
 ]
 
 GIB = 1024**3
@@ -102,6 +102,25 @@ def check_layout(config: Mapping[str, Any], tp: int = 1, pp: int = 1, gpus: int 
         )
 
 
+def check_nodes(tp: int, pp: int, dp: int, nodes: int) -> int:
+    """This node's share of the ranks; refuses layouts vLLM would (TP within a node, PP across).
+
+    >>> check_nodes(tp=1, pp=2, dp=1, nodes=2), check_nodes(tp=8, pp=2, dp=1, nodes=2)
+    (1, 8)
+    """
+    world = tp * pp * dp
+    if nodes < 1 or world % nodes:
+        raise ParallelismError(f"{world} ranks (tp {tp} x pp {pp} x dp {dp}) cannot be split evenly over {nodes} "
+                               "nodes", "choose --nodes that divides tp x pp x dp, e.g. --pp equal to --nodes",
+                               tp=tp, pp=pp)
+    local = world // nodes
+    if local % tp:
+        raise ParallelismError(f"tensor parallel size {tp} is larger than one node's {local} ranks: TP must stay "
+                               "within a node", f"use --tp {local} or less and spread layers over nodes with --pp",
+                               tp=tp, pp=pp)
+    return local
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """The budget of one GPU (one TP rank of one pipeline stage), in GiB."""
@@ -143,6 +162,7 @@ class GpuPlan:
     reasons: tuple[str, ...] = ()
     weights_source: str = "architecture"
     suggestions: tuple[str, ...] = field(default=())
+    nodes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON contract of ``dsagent estimate --json``."""

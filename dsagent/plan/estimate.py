@@ -19,18 +19,23 @@ from typing import Any
 from ..errors import InvalidOptionError, ParallelismError
 from ..settings import Settings
 from ..system import gpus as machine
-from .budget import CpuPlan, GpuPlan, check_layout, cpu_context, plan_cpu, plan_gpu
+from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu
 from .catalog import CATALOG, ModelSpec, resolve
 
 __all__ = ["estimate", "recommend", "smaller_models"]
 
 
-def _layouts(config: Mapping[str, Any], gpus: int) -> list[tuple[int, int]]:
+def _layouts(config: Mapping[str, Any], gpus: int, nodes: int = 1) -> list[tuple[int, int]]:
+    """TP/PP layouts over ``nodes`` nodes of ``gpus`` GPUs: every node holds the same number of
+    ranks, and a TP group stays within a node (vLLM's rule of thumb: TP inside, PP across)."""
     out = []
     for tp in range(1, gpus + 1):
-        for pp in range(1, gpus // tp + 1):
+        for pp in range(1, gpus * nodes // tp + 1):
+            local, rest = divmod(tp * pp, nodes)
+            if rest or local > gpus or local % tp:
+                continue
             try:
-                check_layout(config, tp, pp, gpus)
+                check_layout(config, tp, pp, gpus * nodes)
             except ParallelismError:
                 continue
             out.append((tp, pp))
@@ -38,17 +43,19 @@ def _layouts(config: Mapping[str, Any], gpus: int) -> list[tuple[int, int]]:
 
 
 def recommend(config: Mapping[str, Any], *, gpu_memory_gib: float, gpus: int, max_model_len: int | None = None,
-              smaller_models: Sequence[tuple[str, Mapping[str, Any]]] = (), **kw: Any) -> GpuPlan:
-    """The fitting TP/PP layout with the most concurrency at ``max_model_len``.
+              smaller_models: Sequence[tuple[str, Mapping[str, Any]]] = (), nodes: int = 1, **kw: Any) -> GpuPlan:
+    """The fitting TP/PP layout with the most concurrency at ``max_model_len`` (``gpus`` per node).
 
     When nothing fits, return the best plan (``fits=False``) with ``suggestions``: the smallest
-    change that fits (more GPUs, shorter context, fp8 KV cache, a smaller model).
+    change that fits (more GPUs or nodes, shorter context, fp8 KV cache, a smaller model).
     """
     kw = {k: v for k, v in kw.items() if k not in {"tp", "pp"}}
-    plans = [plan_gpu(config, gpu_memory_gib=gpu_memory_gib, gpus=gpus, tp=tp, pp=pp,
-                      max_model_len=max_model_len, **kw) for tp, pp in _layouts(config, gpus)]
+    plans = [replace(plan_gpu(config, gpu_memory_gib=gpu_memory_gib, gpus=gpus * nodes, tp=tp, pp=pp,
+                              max_model_len=max_model_len, **kw), nodes=nodes)
+             for tp, pp in _layouts(config, gpus, nodes)]
     if not plans:
-        raise ParallelismError(f"no TP/PP layout of this model uses at most {gpus} GPUs", "make more GPUs visible")
+        raise ParallelismError(f"no TP/PP layout of this model spreads evenly over {nodes} node(s) of {gpus} GPUs",
+                               "make more GPUs visible, or use fewer nodes")
     # Prefer fitting, then concurrency, then fewer GPUs.
     best = max(plans, key=lambda p: (p.fits, p.max_concurrency, -p.tp * p.pp))
     if best.fits:
@@ -62,10 +69,16 @@ def recommend(config: Mapping[str, Any], *, gpu_memory_gib: float, gpus: int, ma
         fp8 = recommend_quiet(config, gpu_memory_gib, gpus, max_model_len, {**kw, "kv_cache_dtype": "fp8"})
         if fp8:
             hints.append(f"fp8 KV cache: --kv-cache-dtype fp8 fits with --tp {fp8.tp} --pp {fp8.pp}")
-    for more in range(gpus + 1, 65):
-        p = recommend_quiet(config, gpu_memory_gib, more, max_model_len, kw)
+    if nodes == 1:
+        for more in range(gpus + 1, 65):
+            p = recommend_quiet(config, gpu_memory_gib, more, max_model_len, kw)
+            if p:
+                hints.append(f"more GPUs: {more} GPUs fit with --tp {p.tp} --pp {p.pp}")
+                break
+    for more in range(nodes + 1, 9):
+        p = recommend_quiet(config, gpu_memory_gib, gpus, max_model_len, kw, nodes=more)
         if p:
-            hints.append(f"more GPUs: {more} GPUs fit with --tp {p.tp} --pp {p.pp}")
+            hints.append(f"more nodes: {more} nodes of {gpus} GPUs fit with --tp {p.tp} --pp {p.pp} --nodes {more}")
             break
     for name, cfg in smaller_models:
         if recommend_quiet(cfg, gpu_memory_gib, gpus, max_model_len, kw):
@@ -75,13 +88,13 @@ def recommend(config: Mapping[str, Any], *, gpu_memory_gib: float, gpus: int, ma
 
 
 def recommend_quiet(config: Mapping[str, Any], gpu_memory_gib: float, gpus: int, max_model_len: int | None,
-                    kw: Mapping[str, Any]) -> GpuPlan | None:
-    """The best fitting plan on ``gpus`` GPUs, or None."""
-    for tp, pp in sorted(_layouts(config, gpus), key=lambda t: t[0] * t[1]):
-        p = plan_gpu(config, gpu_memory_gib=gpu_memory_gib, gpus=gpus, tp=tp, pp=pp,
+                    kw: Mapping[str, Any], nodes: int = 1) -> GpuPlan | None:
+    """The smallest fitting plan on ``nodes`` nodes of ``gpus`` GPUs, or None."""
+    for tp, pp in sorted(_layouts(config, gpus, nodes), key=lambda t: t[0] * t[1]):
+        p = plan_gpu(config, gpu_memory_gib=gpu_memory_gib, gpus=gpus * nodes, tp=tp, pp=pp,
                      max_model_len=max_model_len, **{k: v for k, v in kw.items() if k != "free_memory_gib"})
         if p.fits:
-            return p
+            return replace(p, nodes=nodes)
     return None
 
 
@@ -98,12 +111,13 @@ def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
 
 
 def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpus: int | None = None,
-             tp: int | None = None, pp: int | None = None, max_model_len: int | None = None,
+             tp: int | None = None, pp: int | None = None, max_model_len: int | None = None, nodes: int = 1,
              settings: Settings | None = None, **options: Any) -> GpuPlan | CpuPlan:
     """The plan ``dsagent estimate`` shows; ``options`` are ``plan_gpu``'s (``vllm_version``, ``dtype``, ...).
 
-    ``gpu_memory_gib`` (and ``gpus``) describe another machine; without them the visible GPUs
-    are planned for, free memory included, and with none visible the CPU plan is returned.
+    ``gpu_memory_gib`` (and ``gpus``, per node) describe another machine; without them the visible
+    GPUs are planned for, free memory included, and with none visible the CPU plan is returned.
+    ``nodes``: the layout spans that many nodes of ``gpus`` GPUs each (TP within a node).
     """
     spec = model if isinstance(model, ModelSpec) else resolve(model)
     if not spec.config:
@@ -129,10 +143,12 @@ def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpu
     kw = dict(options, free_memory_gib=free, model_dir=spec.path, device_name=name)
     if not (tp or pp):
         return recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=gpus or 1, max_model_len=max_model_len,
-                         smaller_models=smaller_models(spec), **kw)
+                         smaller_models=smaller_models(spec), nodes=nodes, **kw)
     tp, pp = tp or 1, pp or 1
-    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=gpus or tp * pp, tp=tp, pp=pp,
-                    max_model_len=max_model_len, **kw)
+    check_nodes(tp, pp, 1, nodes)  # the rule the launch applies
+    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=(gpus or tp * pp // nodes) * nodes, tp=tp,
+                    pp=pp, max_model_len=max_model_len, **kw)
+    plan = replace(plan, nodes=nodes)
     if plan.fits:
         return plan
     hint = recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=max(gpus or 0, tp * pp),
