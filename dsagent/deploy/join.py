@@ -24,7 +24,7 @@ from ..settings import Settings
 from ..system.ports import interface_of, is_local_address, reachable, route_address
 from ..system.procs import MARK, engine_env, mark_for, spawn
 from ..weights.fetch import FetchResult, fetch
-from .launch import ServeOptions, engine_version, launch, plan_serve, record_of
+from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of
 from .records import Deployment, save
 
 __all__ = ["JoinSpec", "join", "join_command"]
@@ -114,6 +114,7 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
                 node_rank=spec.node_rank, node_ip=ip, master_addr=host, master_port=port,
                 max_model_len=spec.max_model_len, dtype=spec.dtype, dummy_weights=spec.dummy_weights,
                 kv_cache_gib=spec.kv_cache_gib, gpu_memory_utilization=spec.gpu_memory_utilization)
+    check_compiler(o)
     version = engine_version(settings, o.device)
     if spec.vllm_version and version != spec.vllm_version:
         raise JoinError(f"this node has vLLM {version}, the head {spec.vllm_version}",

