@@ -25,6 +25,7 @@ for tool in cc c++ gcc g++ cmake; do
   chmod +x "$root/bin/$tool"
 done
 plain_path=$PATH
+test_rc=0
 export PATH=$root/bin:$PATH
 ( while sleep 0.5; do ps -eo comm= | grep -E '^(cc1plus|cc1|cmake|ninja)$' >> "$root/compiler-procs.log" || true; done ) &
 watcher=$!
@@ -32,20 +33,20 @@ watcher=$!
 stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%s.%N)" "$line"; done; }
 cd "$root/src"
 t0=$(date +%s.%N)
-make demo ${PIP:+PIP=$PIP} 2>&1 | stamp > "$root/demo.log"
+demo_rc=0; make demo ${PIP:+PIP=$PIP} 2>&1 | stamp > "$root/demo.log" || demo_rc=$?
 t_demo=$(date +%s.%N)
 kill "$watcher" 2>/dev/null || true
 export PATH=$plain_path
 if [ -z "${SKIP_TEST:-}" ]; then
   .venv/bin/dsagent stop --all > /dev/null 2>&1 || true
-  make test ${PIP:+PIP=$PIP} 2>&1 | stamp > "$root/test.log"
+  make test ${PIP:+PIP=$PIP} 2>&1 | stamp > "$root/test.log" || test_rc=$?
 fi
 t_end=$(date +%s.%N)
 
-python3 - "$root" "$t0" "$t_demo" "$t_end" <<'PY'
+python3 - "$root" "$t0" "$t_demo" "$t_end" "$demo_rc" "$test_rc" <<'PY'
 import re, sys
 from pathlib import Path
-root, t0, t_demo, t_end = Path(sys.argv[1]), *map(float, sys.argv[2:])
+root, (t0, t_demo, t_end), (demo_rc, test_rc) = Path(sys.argv[1]), map(float, sys.argv[2:5]), sys.argv[5:7]
 lines = [(float(l.split(" ", 1)[0]), l.split(" ", 1)[1]) for l in (root / "demo.log").read_text().splitlines() if " " in l]
 def first(pattern, default=None):
     return next((t for t, l in lines if re.search(pattern, l)), default)
@@ -61,13 +62,14 @@ first_answer = (answer or t_demo) - t0
 print(f"{'phase':42} {'seconds':>8} {'share':>6}")
 for name, secs in rows:
     print(f"{name:42} {secs:8.1f} {secs / first_answer:6.0%}")
-print(f"{'make demo to the first answer':42} {first_answer:8.1f} {1:6.0%}")
+print(f"{'make demo to the first answer':42} {first_answer:8.1f} {1:6.0%}   exit status {demo_rc}")
 print(f"{'make demo, all three calls':42} {(last or t_demo) - t0:8.1f}")
 if t_end > t_demo + 1:
     test = (root / "test.log").read_text()
     summary = re.findall(r"(\d+ passed.*?) in ([\d.]+)s", test)
     print(f"{'make test (venv reused), the suite':42} {t_end - t_demo:8.1f}   {summary[-1][0] if summary else 'no summary'}")
-    print(f"{'install + make test':42} {rows[0][1] + t_end - t_demo:8.1f}")
+    print(f"{'install + make test':42} {rows[0][1] + t_end - t_demo:8.1f}   exit status {test_rc}")
+    print("\n".join(l.split(" ", 1)[1] for l in test.splitlines() if " FAILED " in l))
 calls = (root / "compiler-calls.log")
 procs = (root / "compiler-procs.log")
 print(f"compiler stubs called: {calls.read_text().count(chr(10)) if calls.exists() else 0}; "

