@@ -11,8 +11,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP ?= uv
 TORCH_INDEX ?=
-# uv reads neither pip's configuration nor PIP_FIND_LINKS: hand both their wheel sources over.
-FIND_LINKS := $(or $(UV_FIND_LINKS),$(PIP_FIND_LINKS))
+# uv reads neither pip's configuration nor PIP_FIND_LINKS: hand it pip's local wheel folder.
+FIND_LINKS := $(or $(UV_FIND_LINKS),$(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 UV_SOURCES := $(if $(FIND_LINKS),--find-links $(FIND_LINKS),) \
               $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match,)
 PIP_SOURCES := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 ifeq ($(PIP),uv)
 	$(BIN)/pip install --quiet --disable-pip-version-check 'uv>=0.5'
-	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python $(UV_SOURCES) -e '.[cpu,test]'
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python $(UV_SOURCES) -e '.[cpu,test]' \
+	  || { echo "uv could not install dsagent[cpu,test]; trying pip"; $(BIN)/pip install $(PIP_SOURCES) -e '.[cpu,test]'; }
 	$(BIN)/uv pip uninstall --python $(BIN)/python $(MISMATCHED)
 else
 	$(BIN)/pip install $(PIP_SOURCES) -e '.[cpu,test]'
