@@ -44,15 +44,15 @@ def add_command(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle ``dsagent estimate``: 0 when the plan fits, 1 when not; bad input raises ``InputError``."""
+    spec = resolve(args.model)
     plan = planner.estimate(
-        args.model, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, tp=args.tp, pp=args.pp,
+        spec, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, tp=args.tp, pp=args.pp,
         max_model_len=args.max_model_len, nodes=args.nodes, gpu_memory_utilization=args.gpu_memory_utilization,
         vllm_version=args.vllm_version, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
         block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
-    name = resolve(args.model).name
     if isinstance(plan, CpuPlan):
-        return _cpu(plan, name, args.json)
-    print(json.dumps({**plan.to_dict(), "model": name}, indent=2) if args.json else render(plan, name))
+        return _cpu(plan, spec.name, args.json)
+    print(json.dumps({**plan.to_dict(), "model": spec.name}, indent=2) if args.json else render(plan, spec.name))
     return 0 if plan.fits else 1
 
 
