@@ -26,7 +26,7 @@ def _load(name: str) -> Any:
 
 def cmd_status(args: argparse.Namespace) -> int:
     deps = [_load(args.name)] if args.name else list_all(settings())
-    reports = [report(d) for d in deps]
+    reports = [report(d, settings=settings()) for d in deps]
     if args.json:
         print(json.dumps(reports[0] if args.name or len(reports) == 1 else reports, indent=2))
         return 0
@@ -37,6 +37,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         running = r["requests_running"] if r["requests_running"] is not None else "-"
         print(f"{r['name']}: {r['state']}  {r['base_url']}  pid {r['pid'] or '-'}  KV used {kv}  running {running}"
               + (f"\n  reason: {r['reason']}" if r["reason"] else ""))
+        for n in r.get("nodes", []):
+            kv = f"  KV tokens {n['kv_tokens']:,}" if n.get("kv_tokens") else ""
+            gpus = f"  GPUs {n['gpus']}" if n.get("gpus") else ""
+            print(f"  node {n['rank']} {n['ip'] or '?'}: {n['state']}{kv}{gpus}"
+                  + (f"\n    {n['reason']}" if n.get("reason") else ""))
     return 0
 
 

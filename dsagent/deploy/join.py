@@ -10,9 +10,7 @@ server) and a watcher (``dsagent.deploy.watch``) that stops it when the head is 
 
 from __future__ import annotations
 
-import os
 import shlex
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,10 +20,10 @@ from ..plan.budget import check_nodes
 from ..plan.catalog import ModelSpec, resolve
 from ..settings import Settings
 from ..system.ports import interface_of, is_local_address, reachable, route_address
-from ..system.procs import MARK, engine_env, mark_for, spawn
 from ..weights.fetch import FetchResult, fetch
 from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of
-from .records import Deployment, save
+from .records import Deployment
+from .watch import start_watcher
 
 __all__ = ["JoinSpec", "join", "join_command"]
 
@@ -55,6 +53,8 @@ class JoinSpec:
     kv_cache_gib: int | None = None
     """CPU: the head's KV-cache size (every node holds the same share of layers' cache)."""
     gpu_memory_utilization: float | None = None
+    token: str = ""
+    """The deployment's secret for this node's reports to the head (``rollcall``)."""
 
 
 def join_command(dep: Deployment, spec: JoinSpec) -> str:
@@ -70,6 +70,7 @@ def join_command(dep: Deployment, spec: JoinSpec) -> str:
     argv += ["--dummy-weights"] if spec.dummy_weights else []
     argv += ["--kv-cache-gib", str(spec.kv_cache_gib)] if spec.kv_cache_gib else []
     argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)] if spec.gpu_memory_utilization else []
+    argv += ["--token", spec.token] if spec.token else []
     return shlex.join(argv)
 
 
@@ -144,16 +145,7 @@ def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResu
     record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
                        revision=fetched.revision)
     record.node_rank, record.master, record.head_url, record.dp = spec.node_rank, spec.head, spec.head_url, spec.dp
+    record.token = spec.token
     step(f"serve (headless, rank {spec.node_rank} of {spec.nodes}): {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
-    _watch(record, settings)
-    return record
-
-
-def _watch(dep: Deployment, settings: Settings) -> None:
-    """Start the watcher that stops this node when the head is gone; record its pid."""
-    env = engine_env(os.environ, DSAGENT_HOME=str(settings.home), **{MARK: mark_for(settings.home, dep.name)})
-    proc = spawn([sys.executable, "-m", "dsagent.deploy.watch", dep.name], env,
-                 settings.logs_dir / f"{dep.name}.watch.log")
-    dep.watcher_pid = proc.pid
-    save(settings, dep)
+    return start_watcher(record, settings)

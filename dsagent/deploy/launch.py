@@ -23,6 +23,7 @@ from ..system import procs
 from ..system.procs import MARK, end_processes, leader_alive, mark_for, processes_of, spawn
 from .ready import Progress, failure_reason, log_tail, parse_capacity, wait_ready
 from .records import Deployment, argv_flag, save
+from .rollcall import failed_node
 from .state import State
 
 __all__ = [
@@ -285,8 +286,13 @@ def wait(
                           on_progress=progress, started=dep.started_at)
     except StartupError as err:
         end_processes(processes_of(dep))
-        dep.state, dep.reason = State.FAILED, failure_reason(err.log_tail)
+        node = failed_node(settings, dep.name) if dep.nodes_total > 1 else None
+        dep.state = State.FAILED
+        dep.reason = f"node {node.rank} ({node.ip}) failed: {node.reason}" if node else failure_reason(err.log_tail)
         save(settings, dep)
+        if node:
+            raise StartupError(f"{dep.name}: {dep.reason}", f"read that node's log (its tail follows); fix it, then "
+                               f"`dsagent stop {dep.name}` here and start again", log_tail=node.log_tail) from err
         raise
     dep.state, dep.reason = State.READY, ""
     dep.ready_at = time.time()

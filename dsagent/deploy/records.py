@@ -29,6 +29,9 @@ def argv_flag(argv: Sequence[str], name: str) -> str | None:
     return next((b for a, b in zip(argv, argv[1:]) if a == name), None)
 
 
+_VISIBLE = "CUDA_VISIBLE_DEVICES"
+
+
 @dataclass
 class Deployment:
     """The state of one deployment; ``state`` is the last phase dsagent saw."""
@@ -68,11 +71,19 @@ class Deployment:
     head_url: str = ""
     """On a joined node: the head's API root, whose ``/health`` says whether the whole is up."""
     watcher_pid: int | None = None
+    token: str = ""
+    """Multi-node: the secret a node's reports to the head's roll call carry (in the join command)."""
 
     @property
     def base_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}/v1"
+
+    @property
+    def gpus(self) -> str:
+        """The GPUs this launch was given (its ``CUDA_VISIBLE_DEVICES``, from the record's own
+        environment overrides, not this process's environment); empty when not set."""
+        return self.env.get(_VISIBLE, "")
 
     @property
     def nodes_total(self) -> int:

@@ -8,6 +8,7 @@ JSON of ``dsagent status --json``; ``orphans`` what ``dsagent ps`` lists as left
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -18,9 +19,13 @@ from ..settings import Settings
 from ..system.procs import MARK, ProcInfo, leader_alive, processes_of, vllm_processes
 from .ready import log_tail, start_state
 from .records import Deployment, list_all, load
+from .rollcall import load_reports
 from .state import State
 
 __all__ = ["find", "live_state", "orphans", "parse_metrics", "report", "status"]
+
+LOST = 20.0
+"""Seconds without a report after which a running head calls a node ``lost`` (reports come every 5 s)."""
 
 _METRIC = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+\-]+|NaN)\s*$", re.MULTILINE)
 
@@ -71,8 +76,9 @@ def find(settings: Settings, name: str | None = None) -> tuple[Deployment | None
     return dep, state, deps
 
 
-def report(dep: Deployment) -> dict[str, Any]:
-    """The record plus the live view: state, processes, KV usage and requests from /metrics."""
+def report(dep: Deployment, *, settings: Settings | None = None) -> dict[str, Any]:
+    """The record plus the live view: state, processes, KV usage and requests from /metrics;
+    on the head of a multi-node deployment (with ``settings``) what each node last reported."""
     state = live_state(dep)
     procs = processes_of(dep) if state != State.STOPPED else []
     out: dict[str, Any] = {
@@ -102,7 +108,7 @@ def report(dep: Deployment) -> dict[str, Any]:
     if state == State.CRASHED:
         out["reason"] = "the API server is gone but its engine processes remain; run: dsagent stop " + dep.name
     if dep.nodes_total > 1:
-        out.update(node_rank=dep.node_rank, master=dep.master, head_url=dep.head_url, nodes=_nodes(dep, state))
+        out.update(node_rank=dep.node_rank, master=dep.master, head_url=dep.head_url, nodes=_nodes(dep, state, settings))
     if state == State.READY:
         r = _get(f"{dep.root_url}/metrics")
         if r is not None and r.status_code == 200:
@@ -113,16 +119,24 @@ def report(dep: Deployment) -> dict[str, Any]:
     return out
 
 
-def _nodes(dep: Deployment, state: State) -> list[dict[str, Any]]:
+def _nodes(dep: Deployment, state: State, settings: Settings | None) -> list[dict[str, Any]]:
     """Every node of a multi-node deployment as the head sees it: rank 0 is this one; the others
-    are ready when the whole is (vLLM serves only once every rank has joined)."""
+    as their last report to the head's roll call says (``lost`` when none came for ``LOST`` s
+    while the head runs), else ready when the whole is (vLLM serves only once every rank has joined)."""
+    reports = load_reports(settings, dep.name) if settings is not None and dep.node_rank == 0 else {}
     out = []
     for node in dep.nodes:
-        if node["rank"] == 0:
-            node_state = str(state)
+        rank = node["rank"]
+        row: dict[str, Any] = {"rank": rank, "ip": node.get("ip", ""), "state": str(state)}
+        if rank == 0:
+            row.update(kv_tokens=dep.measured.get("kv_cache_tokens"), gpus=dep.gpus)
+        elif (r := reports.get(rank)) is not None:
+            stale = state.running and r.state != "failed" and time.time() - r.at > LOST
+            row.update(ip=r.ip or row["ip"], state="lost" if stale else r.state if state.running or r.state == "failed"
+                       else str(state), kv_tokens=r.kv_tokens, gpus=r.gpus, reason=r.reason, log_tail=r.log_tail)
         else:
-            node_state = "ready" if state == State.READY else ("joining" if state.running else str(state))
-        out.append({"rank": node["rank"], "ip": node.get("ip", ""), "state": node_state})
+            row["state"] = "ready" if state == State.READY else ("joining" if state.running else str(state))
+        out.append(row)
     return out
 
 
@@ -136,7 +150,7 @@ def status(name: str | None = None, *, settings: Settings | None = None) -> dict
         which = f" named {name!r}" if name else ""
         raise NoDeploymentError(f"no deployment{which} in {settings.home}",
                                 "list them with `dsagent ps`; start one with `dsagent up`", name=name)
-    return report(dep)
+    return report(dep, settings=settings)
 
 
 def orphans(settings: Settings) -> list[ProcInfo]:

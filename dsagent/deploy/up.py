@@ -8,6 +8,7 @@ finds the running deployment a client means.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import cache
@@ -19,15 +20,17 @@ from ..plan.catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
 from ..settings import Settings
 from ..system import gpus as machine
 from ..system.gpus import detect_device
-from ..system.ports import check_port, free_port, is_local_address
+from ..system.ports import check_port, free_port, is_local_address, port_is_free
 from ..system.procs import port_owner
 from ..weights.fetch import fetch
 from .join import JoinSpec, join_command
 from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
 from .ready import Progress, log_tail
 from .records import Deployment, argv_flag, load
+from .rollcall import report_address
 from .state import State
 from .status import find, live_state
+from .watch import start_watcher
 
 __all__ = ["DEFAULT_GPU_MODEL", "attach", "up"]
 
@@ -135,6 +138,11 @@ def _head(opts: ServeOptions) -> ServeOptions:
         raise InvalidOptionError(f"--node-ip {opts.node_ip} is not an address of this machine",
                                  "pass this node's own address (`ip -brief address` lists them)",
                                  option="--node-ip", value=opts.node_ip)
+    for port, what in ((opts.master_port, "master"), (report_address(f"{opts.node_ip}:{opts.master_port}")[1], "roll call")):
+        if not port_is_free(opts.node_ip, port):
+            raise InvalidOptionError(f"port {port} at {opts.node_ip} (the {what} port) is taken",
+                                     "pick another --master-port (dsagent uses it, +1 and +2)",
+                                     option="--master-port", value=opts.master_port)
     return replace(opts, node_rank=0, master_addr=opts.node_ip)
 
 
@@ -151,7 +159,7 @@ def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Se
     record.nodes = [{"rank": 0, "ip": ip}]
     for rank in range(1, record.nodes_total):
         peer = peers[rank - 1] if rank - 1 < len(peers) else None
-        cmd = join_command(record, JoinSpec(
+        cmd = join_command(record, JoinSpec(token=record.token,
             head=record.master, node_rank=rank, model=_model_ref(spec),
             nodes=record.nodes_total, tp=record.tp, pp=record.pp, dp=record.dp, node_ip=peer,
             head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
@@ -213,10 +221,12 @@ def up(
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
     record.dp = opts.dp
     if opts.nodes > 1:
-        record.master = f"{opts.node_ip}:{opts.master_port}"
+        record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
         _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
+    if opts.nodes > 1:
+        record = start_watcher(record, settings, head=True)
     return wait(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 
 

@@ -1,13 +1,18 @@
-"""The watcher of a joined node: it ends this node's engine when the head is gone.
+"""The watchers of a multi-node deployment: one beside each node's engine, in its own session,
+carrying the deployment's mark (so ``dsagent stop`` ends it too).
 
-A headless vLLM node keeps running (and holding its GPUs) for minutes after the head stops or
-crashes. ``python -m dsagent.deploy.watch NAME`` runs beside a joined node's engine, in its own
-session, carrying the deployment's mark (so ``dsagent stop`` ends it too). Every second it asks:
+On a joined node (``python -m dsagent.deploy.watch NAME``), every second:
 
-- is this node's engine alive? If not, it ends whatever is left of it and records ``failed``;
+- is this node's engine alive? If not, it tells the head (the roll call, with the log's
+  reason and tail), ends whatever is left of the engine and records ``failed``;
 - is the head alive? Its ``/health`` once it has answered, before that its master port. When
   the head has been gone for ``GRACE`` seconds, it ends this node's engine and records
-  ``stopped`` with the reason.
+  ``stopped`` with the reason;
+- every ``BEAT`` seconds it tells the head its state, KV tokens and GPUs.
+
+On the head (``... NAME --head``) it holds the roll call (``rollcall``): when a node reports
+its engine gone, the head ends its own engine (the other nodes follow, as for any loss of the
+head) and records ``failed`` naming that node; it exits when the head's engine does.
 """
 
 from __future__ import annotations
@@ -19,15 +24,29 @@ from urllib.parse import urlsplit
 
 from ..settings import Settings
 from ..system.ports import reachable
-from ..system.procs import end_processes, leader_alive, processes_of
-from .ready import failure_reason, log_tail
+from ..system.procs import MARK, end_processes, engine_env, leader_alive, mark_for, processes_of, spawn
+from .ready import failure_reason, log_tail, parse_capacity
 from .records import Deployment, load, save
+from .rollcall import NodeReport, RollCall, send_report
 from .state import State
 
-__all__ = ["GRACE", "head_alive", "watch"]
+__all__ = ["BEAT", "GRACE", "head_alive", "start_watcher", "watch", "watch_head"]
 
 GRACE = 10.0
 """Seconds the head may be unreachable before this node stops (polls are 1 s apart)."""
+BEAT = 5.0
+"""Seconds between a node's reports to the head."""
+
+
+def start_watcher(dep: Deployment, settings: Settings, *, head: bool = False) -> Deployment:
+    """Start the watcher of ``dep`` on this node (the head's with ``head``); record its pid."""
+    env = engine_env(os.environ, DSAGENT_HOME=str(settings.home), **{MARK: mark_for(settings.home, dep.name)})
+    proc = spawn([sys.executable, "-m", "dsagent.deploy.watch", dep.name] + (["--head"] if head else []), env,
+                 settings.logs_dir / f"{dep.name}.watch.log")
+    current = load(settings, dep.name) or dep
+    current.watcher_pid = dep.watcher_pid = proc.pid
+    save(settings, current)
+    return dep
 
 
 def head_alive(dep: Deployment, seen_health: bool) -> tuple[bool, bool]:
@@ -49,24 +68,44 @@ def head_alive(dep: Deployment, seen_health: bool) -> tuple[bool, bool]:
 def _end(dep: Deployment, settings: Settings, state: State, reason: str) -> None:
     mine = os.getpid()
     end_processes([p for p in processes_of(dep) if p.pid != mine], grace=8.0)
+    dep = load(settings, dep.name) or dep
     dep.state, dep.reason, dep.pid, dep.pgid, dep.watcher_pid = state, reason, None, None, None
     save(settings, dep)
     print(f"dsagent watch: {dep.name}: {reason}", file=sys.stderr, flush=True)
 
 
-def watch(name: str, settings: Settings, *, grace: float = GRACE, interval: float = 1.0) -> State:
-    """Watch deployment ``name`` of ``settings`` until it ends; return how it ended."""
-    seen_health, last_ok = False, time.monotonic()
-    started = time.monotonic()
+def _mine(settings: Settings, name: str, started: float) -> Deployment | None:
+    """This watcher's deployment, or ``None`` once someone else owns it (stopped, relaunched)."""
     while True:
         dep = load(settings, name)
         if dep is not None and dep.watcher_pid is None and time.monotonic() - started < 10:
             time.sleep(0.1)  # the launcher records this watcher's pid right after starting it
             continue
-        if dep is None or dep.watcher_pid != os.getpid():
-            return State.STOPPED  # stopped or relaunched: someone else owns it now
+        return dep if dep is not None and dep.watcher_pid == os.getpid() else None
+
+
+def _report(dep: Deployment, state: str, reason: str = "", tail: str = "") -> None:
+    if not dep.token:
+        return
+    kv = parse_capacity(log_tail(dep.log_file, 2000)).get("kv_cache_tokens")
+    send_report(dep.master, dep.token, NodeReport(
+        rank=dep.node_rank, ip=dep.env.get("VLLM_HOST_IP", ""), state=state, reason=reason, log_tail=tail,
+        kv_tokens=int(kv) if kv else None, gpus=dep.gpus))
+
+
+def watch(name: str, settings: Settings, *, grace: float = GRACE, interval: float = 1.0) -> State:
+    """Watch joined deployment ``name`` of ``settings`` until it ends; return how it ended."""
+    seen_health, last_ok, last_beat = False, time.monotonic(), 0.0
+    started = time.monotonic()
+    while True:
+        dep = _mine(settings, name, started)
+        if dep is None:
+            return State.STOPPED
         if not leader_alive(dep):
-            _end(dep, settings, State.FAILED, f"this node's engine exited: {failure_reason(log_tail(dep.log_file, 30))}")
+            tail = log_tail(dep.log_file, 30)
+            reason = f"this node's engine exited: {failure_reason(tail)}"
+            _report(dep, "failed", reason, tail)
+            _end(dep, settings, State.FAILED, reason)
             return State.FAILED
         alive, seen_health = head_alive(dep, seen_health)
         if alive:
@@ -75,11 +114,33 @@ def watch(name: str, settings: Settings, *, grace: float = GRACE, interval: floa
             head = urlsplit(dep.head_url).netloc or dep.master
             _end(dep, settings, State.STOPPED, f"the head {head} has been gone for {grace:.0f} s; this node stopped")
             return State.STOPPED
+        if time.monotonic() - last_beat >= BEAT:
+            _report(dep, "ready" if alive and seen_health else "joining")
+            last_beat = time.monotonic()
         time.sleep(interval)
 
 
+def watch_head(name: str, settings: Settings, *, interval: float = 1.0) -> State:
+    """Hold the roll call of head deployment ``name`` until its engine ends or a node fails."""
+    started = time.monotonic()
+    dep = _mine(settings, name, started)
+    if dep is None:
+        return State.STOPPED
+    with RollCall(settings, name, dep.token, dep.master, dep.nodes_total) as roll:
+        while True:
+            dep = _mine(settings, name, started)
+            if dep is None or not leader_alive(dep):
+                return State.STOPPED
+            if roll.failures:
+                node = roll.failures[0]
+                _end(dep, settings, State.FAILED, f"node {node.rank} ({node.ip}) failed: {node.reason}")
+                return State.FAILED
+            time.sleep(interval)
+
+
 def main() -> int:
-    watch(sys.argv[1], Settings.load())
+    settings = Settings.load()
+    (watch_head if "--head" in sys.argv[2:] else watch)(sys.argv[1], settings)
     return 0
 
 
