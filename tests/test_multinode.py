@@ -196,3 +196,41 @@ def test_pp_on_cpu_without_a_compiler_is_refused_before_launch(tmp_settings, tmp
     with pytest.raises(InstallError, match=r"needs a C\+\+ compiler"):
         join(spec, settings=tmp_settings)
     assert not list(tmp_settings.deployments_dir.glob("*.json"))
+
+
+@pytest.mark.server
+@pytest.mark.timeout(600)
+def test_a_node_that_dies_is_reported_on_the_head_which_stops(model_dir, tmp_path):
+    """The joined node's engine is SIGKILLed while the head waits for it (DP=2, so no compiler is
+    needed). Without the roll call the head would wait for the missing rank until its timeout; with
+    it, the node's watcher reports the death to the head's watcher, the head ends its own engine at
+    once, ``wait`` raises naming node 1 with that node's log tail, and status on the head shows it."""
+    from dsagent.errors import StartupError
+
+    settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
+    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
+                        cpus=(0,))
+    head = up(model_dir, options=opts, name="crash", settings=settings, wait_ready=False, peers=("127.0.0.2",))
+    try:
+        assert "--token " in head.nodes[1]["join"] and head.watcher_pid
+        env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
+        out = subprocess.run(_join_command(head), env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        worker = load(node2, "crash")
+        t0 = time.monotonic()
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(StartupError) as err:
+            wait(head, settings, timeout=300)
+        took = time.monotonic() - t0
+        assert "node 1 (127.0.0.2) failed: this node's engine exited" in str(err.value), str(err.value)
+        assert took < STOP_BOUND, took
+        st = report(load(settings, "crash"), settings=settings)
+        assert st["state"] == "failed" and st["reason"].startswith("node 1 (127.0.0.2) failed")
+        node = st["nodes"][1]
+        assert node["state"] == "failed" and node["log_tail"], node
+        _gone_within(head, STOP_BOUND)
+        _gone_within(worker, STOP_BOUND)
+        assert load(node2, "crash").state == State.FAILED
+    finally:
+        stop("crash", settings=settings)
+        stop("crash", settings=node2)
