@@ -81,6 +81,7 @@ class DiskProgress:
     def note(self, text: str) -> None:
         """A word after the bar (``verifying sha256``)."""
         if self._bar is not None:
+            self._update()
             self._bar.set_postfix_str(text)
 
     def grow(self, more: int) -> None:
@@ -107,6 +108,7 @@ class DiskProgress:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self._bar.set_postfix_str("", refresh=False)
         self._update()
         self._bar.close()
         self._bar = None
