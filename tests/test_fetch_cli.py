@@ -22,19 +22,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from fakehub import COMMIT, serve, tiny_repo
 
 import dsagent
 from dsagent.cli import main
 from dsagent.weights import sources
 from dsagent.weights.fetch import MANIFEST
 
-from fakehub import COMMIT, serve, tiny_repo
-
 pytestmark = pytest.mark.timeout(120)
 
 REPO = "deepseek-ai/Tiny-R1"
 NEEDED = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
           "model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
+SHARD = "model-00001-of-00002.safetensors"
 ID_FIX = ("type the id as the model page on the hub shows it, e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-7B "
           "(`dsagent models` lists the catalog)")
 
@@ -95,8 +95,8 @@ def test_a_gated_repository_is_called_gated_with_the_licence_fix(capsys):
         assert not any(fake.gets(n) for n in NEEDED)  # no byte of it was served
     assert rc == 2 and out == ""
     assert err.splitlines() == [
-        "error: could not fetch acme/Gated-R1 from mirror: the download failed: acme/Gated-R1 is gated: "
-        "the account asking (or no login) has not been granted access",
+        ("error: could not fetch acme/Gated-R1 from mirror: the download failed: acme/Gated-R1 is gated: "
+         "the account asking (or no login) has not been granted access"),
         f"  fix: {sources.FIX_GATED.format(repo_id='acme/Gated-R1')}",
     ]
     assert "not on" not in err  # not mistaken for a missing or private repository
@@ -168,7 +168,7 @@ def test_force_fetches_an_intact_model_again(capsys, tmp_path):
     with serve(tiny_repo()) as fake:
         args = (REPO, "--source", "mirror", "--mirror", fake.url)
         assert fetch_cli(capsys, *args)[0] == 0
-        shard = tmp_path / "hf" / "hub" / "models--deepseek-ai--Tiny-R1" / "snapshots" / COMMIT / sorted(NEEDED)[0]
+        shard = tmp_path / "hf" / "hub" / "models--deepseek-ai--Tiny-R1" / "snapshots" / COMMIT / SHARD
         before = shard.resolve().stat().st_mtime_ns
         rc, out, _ = fetch_cli(capsys, *args)
         assert rc == 0 and ": already in the store at " in out

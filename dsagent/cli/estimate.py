@@ -91,8 +91,9 @@ def render(plan: GpuPlan, name: str = "", *, assumed: bool = False) -> str:
 
     ``assumed``: no vLLM release was named, so the header says which one the plan assumes and why.
     """
+    engine = f"{plan.engine}; {ASSUMED}" if assumed else plan.engine
     lines = [
-        f"{name}  vLLM {plan.vllm_version} ({plan.engine}{'; ' + ASSUMED if assumed else ''})  TP {plan.tp} x PP {plan.pp}"
+        f"{name}  vLLM {plan.vllm_version} ({engine})  TP {plan.tp} x PP {plan.pp}"
         + (f" over {plan.nodes} nodes" if plan.nodes > 1 else "") + "  "
         f"{plan.gpu_memory_gib:.2f} GiB/GPU x util {plan.gpu_memory_utilization}",
         f"verdict: {'FITS' if plan.fits else 'DOES NOT FIT'}   KV cache {plan.kv_cache_tokens:,} tokens, "

@@ -84,7 +84,8 @@ def _fetch_hub(spec: ModelSpec, dest: Path, settings: Settings, *, force: bool, 
     log = _log(progress is False)
     common = dict(order=sources, mirror=mirror, log=log, weights=weights, settings=settings)
     if dry_run:
-        p = hub.plan(spec.repo_id, revision=revision or (record.commit if record else None), **common)
+        p = hub.plan(spec.repo_id, revision=revision or (record.commit if record and not force else None),
+                     force=force, **common)
         return FetchResult(path=p.folder, source=p.listing.source.name, reused=not p.to_download,
                            seconds=time.time() - t0, manifest=record, revision=p.listing.commit, plan=p,
                            skipped=p.skipped)

@@ -153,15 +153,17 @@ def disk_free(path: Path) -> int:
 
 def plan(repo_id: str, *, revision: str | None = None, order: str | Sequence[str] | None = None,
          mirror: str | None = None, endpoints: Mapping[str, str] | None = None,
-         log: Log | None = None, weights: bool = True, settings: Settings | None = None) -> Plan:
+         log: Log | None = None, weights: bool = True, settings: Settings | None = None,
+         force: bool = False) -> Plan:
     """The dry run: the first source that answers, its files, what is cached, disk needed vs free.
 
     ``weights=False`` plans only config, tokenizer and template (a ``--dummy-weights`` rehearsal).
-    Sources passed over are in ``Plan.skipped`` (its table shows them), not logged.
+    Sources passed over are in ``Plan.skipped`` (its table shows them), not logged. ``force``:
+    plan to fetch every file again, cached or not (``fetch --force --dry-run``).
     """
     check_repo_id(repo_id)
     found = sources(order, mirror, endpoints, settings=settings or Settings.load())
-    return next(_plans(repo_id, revision, found, [], weights, settings or Settings.load()))
+    return next(_plans(repo_id, revision, found, [], weights, settings or Settings.load(), force))
 
 
 def _plan_for(listing: Listing, skipped: Sequence[tuple[str, str]], weights: bool, settings: Settings,

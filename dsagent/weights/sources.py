@@ -73,7 +73,8 @@ def repo_id_problem(repo_id: str) -> str:
     if any(len(p) > 96 for p in parts):
         return "each part of a hub id is at most 96 characters"
     if not all(_REPO_PART.fullmatch(p) for p in parts):
-        return "each part of a hub id takes letters, digits, '-', '_' and '.', and starts and ends with a letter or digit"
+        return ("each part of a hub id takes letters, digits, '-', '_' and '.', "
+                "and starts and ends with a letter or digit")
     if repo_id.endswith(".git"):
         return "a hub id cannot end in '.git'"
     return ""
