@@ -13,6 +13,7 @@ closed, left at its final count, before the caller prints its summary line::
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ def written_since(roots: Sequence[Path], since: float) -> int:
                     st = os.lstat(os.path.join(folder, name))
                 except OSError:  # moved into place while we looked
                     continue
-                if st.st_mtime >= since and not os.path.islink(os.path.join(folder, name)):
+                if stat.S_ISREG(st.st_mode) and st.st_mtime >= since:
                     total += st.st_size
     return total
 
