@@ -53,6 +53,7 @@ class Repo:
     files: dict[str, bytes]
     commit: str = COMMIT
     lfs: frozenset[str] = frozenset()
+    gated: bool = False  # listed as the hub lists a gated repo, but its files answer 401 GatedRepo
 
     def sha256(self, path: str) -> str:
         return hashlib.sha256(self.files[path]).hexdigest()
@@ -114,7 +115,8 @@ class FakeHub:
       small files; LFS files answer 302 to a CDN path with ``X-Linked-Etag`` (the sha256) and
       ``X-Linked-Size``, as the real hub does; the CDN path honours ``Range`` with 206.
     - Unknown repos answer 401 ``X-Error-Code: RepoNotFound``; unknown revisions 404
-      ``X-Error-Code: RevisionNotFound``.
+      ``X-Error-Code: RevisionNotFound``; the files of a ``gated`` repo 401 ``X-Error-Code:
+      GatedRepo`` (its model info and tree stay public, as on the real hub).
 
     ModelScope side, standing for https://modelscope.cn (``modelscope`` >= 1.38 via ``modelscope_hub``):
 
@@ -251,6 +253,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     s["lfs"] = {"size": len(data), "sha256": repo.sha256(name), "pointerSize": 134}
                 siblings.append(s)
             self._json({"id": repo.repo_id, "modelId": repo.repo_id, "sha": repo.commit, "private": False,
+                        "gated": "manual" if repo.gated else False,
                         "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
 
         def _tree(self, repo_id: str, rev: str, prefix: str) -> None:
@@ -269,6 +272,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _resolve(self, repo_id: str, rev: str, name: str, head: bool) -> None:
             if (repo := self._repo(repo_id, rev)) is None:
                 return
+            if repo.gated:
+                return self._error(401, "GatedRepo", head)
             if name not in repo.files:
                 return self._send(404, b"", {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.commit}, head)
             common = {"X-Repo-Commit": repo.commit}

@@ -35,6 +35,23 @@ def test_json_contract(capsys):
     assert d["detail"]["tp"] == 2 and len(d["detail"]["workers"]) == 1
 
 
+def test_no_vllm_version_plans_the_newest_calibrated_release_and_says_so(capsys):
+    """Through the CLI's main: no --vllm-version, whatever vLLM is (or is not) installed."""
+    from dsagent.cli import main
+    from dsagent.plan.profiles import CALIBRATED, DEFAULT_VERSION, parse_version
+
+    assert DEFAULT_VERSION == max(CALIBRATED, key=parse_version) == "0.26.0"
+    gpu = ["deepseek-r1-distill-qwen-7b", "--gpu-memory-gib", "79.18", "--max-model-len", "8192"]
+    assert main(["estimate", *gpu]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith(f"deepseek-r1-distill-qwen-7b  vLLM 0.26.0 (v1; {estimate_view.ASSUMED})  TP 1 x PP 1")
+    assert main(["estimate", *gpu, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detail"]["vllm_version"] == "0.26.0"
+    assert main(["estimate", *gpu, "--vllm-version", "0.19.0"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert "vLLM 0.19.0 (v1)  TP" in head and "assumed" not in head
+
+
 def test_config_dir_and_table(tmp_path, capsys):
     from dsagent.plan.catalog import resolve
 

@@ -13,11 +13,13 @@ from typing import Any
 from ..plan import estimate as planner
 from ..plan.budget import CpuPlan, GpuPlan, WorkerPlan
 from ..plan.catalog import resolve
+from ..plan.profiles import DEFAULT_VERSION
 
 __all__ = ["add_command", "render", "run"]
 
 BAR = 50
 NO_GPU = "no GPU visible (nvidia-ml-py found none): showing the CPU plan; pass --gpu-memory-gib to plan a GPU machine"
+ASSUMED = "assumed: the newest release the estimate is calibrated for; --vllm-version X.Y.Z plans another"
 
 
 def add_command(subparsers: Any) -> None:
@@ -32,7 +34,8 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's limit; CPU: 2048)")
     p.add_argument("--tp", type=int, help="tensor parallel size (default: recommended)")
     p.add_argument("--pp", type=int, help="pipeline parallel size (default: recommended)")
-    p.add_argument("--vllm-version", default=None, help="vLLM release to model, e.g. 0.19.0")
+    p.add_argument("--vllm-version", default=None,
+                   help=f"vLLM release to model, e.g. 0.19.0 (default: {DEFAULT_VERSION}, the newest calibrated)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--block-size", type=int)
     p.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp8_e4m3, fp8_e5m2")
@@ -52,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
     if isinstance(plan, CpuPlan):
         return _cpu(plan, spec.name, args.json)
-    print(json.dumps({**plan.to_dict(), "model": spec.name}, indent=2) if args.json else render(plan, spec.name))
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "model": spec.name}, indent=2))
+    else:
+        print(render(plan, spec.name, assumed=args.vllm_version is None))
     return 0 if plan.fits else 1
 
 
@@ -80,10 +86,14 @@ def _bar(w: WorkerPlan) -> str:
     return "".join(ch * round(v * scale) for ch, v in parts)[:BAR].ljust(BAR, " ")
 
 
-def render(plan: GpuPlan, name: str = "") -> str:
-    """The terminal view: summary, one budget row and bar per GPU, reasons and suggestions."""
+def render(plan: GpuPlan, name: str = "", *, assumed: bool = False) -> str:
+    """The terminal view: summary, one budget row and bar per GPU, reasons and suggestions.
+
+    ``assumed``: no vLLM release was named, so the header says which one the plan assumes and why.
+    """
+    engine = f"{plan.engine}; {ASSUMED}" if assumed else plan.engine
     lines = [
-        f"{name}  vLLM {plan.vllm_version} ({plan.engine})  TP {plan.tp} x PP {plan.pp}"
+        f"{name}  vLLM {plan.vllm_version} ({engine})  TP {plan.tp} x PP {plan.pp}"
         + (f" over {plan.nodes} nodes" if plan.nodes > 1 else "") + "  "
         f"{plan.gpu_memory_gib:.2f} GiB/GPU x util {plan.gpu_memory_utilization}",
         f"verdict: {'FITS' if plan.fits else 'DOES NOT FIT'}   KV cache {plan.kv_cache_tokens:,} tokens, "

@@ -21,10 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["VllmProfile", "batch_defaults", "parse_version", "profile_for"]
+__all__ = ["CALIBRATED", "DEFAULT_VERSION", "VllmProfile", "batch_defaults", "parse_version", "profile_for"]
 
 GIB = 1024**3
-DEFAULT_VERSION = "0.19.0"
+# Releases whose measurements fitted or checked the constants (docs/estimate.md), oldest first.
+CALIBRATED = ("0.6.4", "0.8.1", "0.8.4", "0.11.0", "0.19.0", "0.26.0")
+DEFAULT_VERSION = CALIBRATED[-1]  # none named: the newest release the estimate is calibrated for
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

@@ -30,6 +30,7 @@ from ..plan.catalog import ModelSpec, resolve
 from ..settings import Settings
 from . import bundled
 from .manifest import MANIFEST, FileMeta, Manifest, check_safetensors, verify
+from .sources import check_repo_id
 
 __all__ = ["MANIFEST", "FetchResult", "fetch"]
 
@@ -83,7 +84,8 @@ def _fetch_hub(spec: ModelSpec, dest: Path, settings: Settings, *, force: bool, 
     log = _log(progress is False)
     common = dict(order=sources, mirror=mirror, log=log, weights=weights, settings=settings)
     if dry_run:
-        p = hub.plan(spec.repo_id, revision=revision or (record.commit if record else None), **common)
+        p = hub.plan(spec.repo_id, revision=revision or (record.commit if record and not force else None),
+                     force=force, **common)
         return FetchResult(path=p.folder, source=p.listing.source.name, reused=not p.to_download,
                            seconds=time.time() - t0, manifest=record, revision=p.listing.commit, plan=p,
                            skipped=p.skipped)
@@ -96,7 +98,7 @@ def _fetch_hub(spec: ModelSpec, dest: Path, settings: Settings, *, force: bool, 
             log(f"{exc.problem}; fetching again")
     pin = revision or (record.commit if record and not force else None)
     try:
-        got = hub.fetch_model(spec.repo_id, revision=pin, progress=progress, **common)
+        got = hub.fetch_model(spec.repo_id, revision=pin, progress=progress, force=force, **common)
     except FetchError as exc:
         if isinstance(exc, ChecksumError) or not (deep_verify and record):
             raise
@@ -155,8 +157,9 @@ def fetch(model: str | ModelSpec, *, settings: Settings | None = None, force: bo
 
     Hub models only: ``dry_run`` plans without downloading (``FetchResult.plan``); ``sources`` is
     the fallback order (``"hub,mirror,modelscope"``); ``mirror`` an HF-compatible URL;
-    ``revision`` a branch, tag or commit; ``progress`` a bar on stderr (``None``: on a terminal,
-    ``False``: silent, as in ``--json``). ``deep_verify`` re-hashes every file against the
+    ``revision`` a branch, tag or commit; ``progress`` dsagent's one bar on stderr, closed before
+    this returns (``None``: on a terminal, ``False``: silent, as in ``--json``); ``force`` fetches
+    (hub: every file, cached or not) or converts again. ``deep_verify`` re-hashes every file against the
     source's metadata and fetches bad ones again. ``weights=False`` (a ``--dummy-weights``
     rehearsal): a local folder needs only its config.json, and a hub model is fetched without its
     weights (config, tokenizer, template: megabytes, not the model's GB) and gets no manifest, so
@@ -165,6 +168,8 @@ def fetch(model: str | ModelSpec, *, settings: Settings | None = None, force: bo
     """
     t0 = time.time()
     spec = model if isinstance(model, ModelSpec) else resolve(model)
+    if spec.source == "hub":
+        check_repo_id(spec.repo_id)  # before any request: an id no hub client would send
     settings = settings or Settings.load()
     dest = settings.models_dir / spec.name
     if spec.source == "local":

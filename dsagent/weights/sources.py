@@ -15,14 +15,19 @@ The order is ``order=`` (``--source``), else ``$DSAGENT_FETCH_SOURCES``, else
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..errors import ChecksumError, InstallError, InvalidOptionError
+from ..errors import ChecksumError, InstallError, InvalidOptionError, UnknownModelError
 from ..settings import Settings
 from .manifest import FileMeta
 
-__all__ = ["SOURCES", "Listing", "RemoteFile", "Source", "is_weight", "list_files", "select_files", "sources", "why"]
+__all__ = [
+    "FIX_GATED", "FIX_MISSING", "FIX_NETWORK", "FIX_REVISION", "SOURCES", "Failure", "Listing", "RemoteFile", "Source",
+    "check_repo_id", "failure", "is_weight", "kind", "list_files", "remedy", "repo_id_problem", "select_files",
+    "sources", "why",
+]
 
 SOURCES = ("hub", "mirror", "modelscope")
 HF_ENDPOINT = "https://huggingface.co"
@@ -36,6 +41,52 @@ _SUPPORT = frozenset({
 })
 
 NO_MIRROR = "no mirror configured (set HF_ENDPOINT or pass --mirror URL)"
+
+# The fix for each kind of failure (``kind``); tests match them exactly.
+FIX_MISSING = ("check the id: `dsagent models` lists the catalog, https://huggingface.co/models?search={name} "
+               "searches the hub; a private repository needs `hf auth login` or HF_TOKEN")
+FIX_GATED = ("accept the licence on https://huggingface.co/{repo_id} (logged in), then run `hf auth login` "
+             "or set HF_TOKEN to a token of that account")
+FIX_REVISION = ("list the branches and tags of {repo_id}: python -c \"import huggingface_hub as h; "
+                "print(h.list_repo_refs('{repo_id}'))\"; or leave out --revision for the default branch")
+FIX_NETWORK = ("check the network; or a mirror: set HF_ENDPOINT or pass --mirror URL (e.g. https://hf-mirror.com); "
+               "or other sources: --source hub,mirror,modelscope (pip install 'dsagent[modelscope]'); "
+               "or pass a local model folder")
+
+_REPO_PART = re.compile(r"\w(?:[\w.\-]*\w)?")
+
+
+def repo_id_problem(repo_id: str) -> str:
+    """The rule of huggingface_hub's ``validate_repo_id`` that an ``org/name`` id breaks, or ``""``.
+
+    >>> repo_id_problem("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B")
+    ''
+    >>> [repo_id_problem(r) for r in ("acme/tiny--r1", "acme/x.git", "acme/..")]  # doctest: +NORMALIZE_WHITESPACE
+    ["'--' and '..' are not allowed in a hub id", "a hub id cannot end in '.git'",
+     "'--' and '..' are not allowed in a hub id"]
+    """
+    parts = repo_id.split("/")
+    if len(parts) != 2:
+        return "a hub id is one organisation or user and one name: org/name"
+    if "--" in repo_id or ".." in repo_id:
+        return "'--' and '..' are not allowed in a hub id"
+    if any(len(p) > 96 for p in parts):
+        return "each part of a hub id is at most 96 characters"
+    if not all(_REPO_PART.fullmatch(p) for p in parts):
+        return ("each part of a hub id takes letters, digits, '-', '_' and '.', "
+                "and starts and ends with a letter or digit")
+    if repo_id.endswith(".git"):
+        return "a hub id cannot end in '.git'"
+    return ""
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse an id that no hub client would send (before any request), naming the rule broken."""
+    if rule := repo_id_problem(repo_id):
+        raise UnknownModelError(f"{repo_id!r} is not a valid hub id: {rule}",
+                                "type the id as the model page on the hub shows it, e.g. "
+                                "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B (`dsagent models` lists the catalog)",
+                                model=repo_id)
 
 
 def select_files(paths: Iterable[str]) -> list[str]:
@@ -142,15 +193,49 @@ def sources(order: str | Sequence[str] | None = None, mirror: str | None = None,
     return out
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why one source could not serve a repository: ``kind`` picks the fix (``remedy``)."""
+
+    source: str
+    reason: str
+    kind: str = "other"  # gated, revision, missing, network, unusable, other
+    fix: str = ""        # the fix of an ``other`` failure that came with one
+
+
+def kind(exc: BaseException) -> str:
+    """What a hub client's exception means: gated, revision, missing, network, unusable or other.
+
+    >>> kind(ConnectionRefusedError()), kind(ImportError()), kind(ValueError())
+    ('network', 'unusable', 'other')
+    """
+    names = {c.__name__ for c in type(exc).__mro__}  # by name: the hub clients are imported lazily
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if "GatedRepoError" in names:
+        return "gated"
+    if "RevisionNotFoundError" in names:
+        return "revision"
+    if "RepositoryNotFoundError" in names or status == 404:
+        return "missing"
+    if isinstance(exc, ImportError):
+        return "unusable"
+    if (status or 0) >= 500 or status == 429 or isinstance(exc, (ConnectionError, TimeoutError)) or any(
+            "connect" in n.lower() or "timeout" in n.lower() for n in names):
+        return "network"
+    return "other"
+
+
 def why(exc: BaseException, source: Source, repo_id: str, revision: str | None) -> str:
     """One line saying why a source could not serve the repository."""
-    name = type(exc).__name__
+    name, what = type(exc).__name__, kind(exc)
     if isinstance(exc, ImportError):
         return "the modelscope package is not installed (pip install 'dsagent[modelscope]')"
-    if name in ("RepositoryNotFoundError", "GatedRepoError"):
-        return f"{repo_id} is not there, or is gated/private (log in with `hf auth login` or set HF_TOKEN)"
-    if name == "RevisionNotFoundError":
-        return f"revision {revision!r} of {repo_id} is not there"
+    if what == "gated":
+        return f"{repo_id} is gated: the account asking (or no login) has not been granted access"
+    if what == "revision":
+        return f"revision {revision!r} of {repo_id} is not on {source.endpoint}"
+    if what == "missing":
+        return f"{repo_id} is not on {source.endpoint}, or is private"
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status:
         return f"{source.endpoint} answered HTTP {status}"
@@ -161,6 +246,30 @@ def why(exc: BaseException, source: Source, repo_id: str, revision: str | None) 
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{name}: {text}"[:300]
 
+
+def failure(exc: BaseException, source: Source, repo_id: str, revision: str | None) -> Failure:
+    """``exc`` of a hub client (or dsagent's own ``FetchError``, whose cause says more) as a ``Failure``."""
+    problem, fix = getattr(exc, "problem", None), getattr(exc, "remedy", "")
+    if problem is None:
+        return Failure(source.name, why(exc, source, repo_id, revision), kind(exc))
+    cause = exc.__cause__  # a download that failed: its cause says why, in the words above
+    if cause is None:
+        return Failure(source.name, problem, "other", fix)
+    return Failure(source.name, f"the download failed: {why(cause, source, repo_id, revision)}", kind(cause), fix)
+
+
+def remedy(failures: Iterable[Failure], repo_id: str, default: str = FIX_NETWORK) -> str:
+    """The one fix for a set of failures: access before revision before the id, then ``default``.
+
+    >>> remedy([Failure("hub", "x", "network"), Failure("mirror", "y", "missing")], "acme/tiny")[:30]
+    'check the id: `dsagent models`'
+    """
+    failures = list(failures)
+    kinds = {f.kind for f in failures}
+    for k, fix in (("gated", FIX_GATED), ("revision", FIX_REVISION), ("missing", FIX_MISSING)):
+        if k in kinds:
+            return fix.format(repo_id=repo_id, name=repo_id.rsplit("/", 1)[-1])
+    return next((f.fix for f in failures if f.kind == "other" and f.fix), default)
 
 
 def list_files(source: Source, repo_id: str, revision: str | None = None) -> Listing:
