@@ -19,6 +19,7 @@ from typing import Any
 from ..errors import InvalidOptionError, ParallelismError
 from ..settings import Settings
 from ..system import gpus as machine
+from .arch import stage_weight_bytes
 from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu
 from .catalog import CATALOG, ModelSpec, resolve
 
@@ -99,7 +100,11 @@ def recommend_quiet(config: Mapping[str, Any], gpu_memory_gib: float, gpus: int,
 
 
 def _size(config: Mapping[str, Any]) -> int:
-    return int(config.get("hidden_size", 0)) * int(config.get("num_hidden_layers", 0))
+    """Weight bytes on one GPU (a MoE model is as large as all its experts, not its hidden size)."""
+    if not config.get("hidden_size"):
+        return 0
+    layers = int(config["num_hidden_layers"])
+    return stage_weight_bytes(config, tp=1, pp=1, stage=0, layers=layers, dtype_bytes=2)
 
 
 def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:

@@ -100,9 +100,10 @@ def batch_defaults(profile: VllmProfile, gpu_total_gib: float, max_model_len: in
 
 
 def activation_bytes(profile: VllmProfile, *, hidden: int, inter_per_rank: int, vocab: int,
-                     batched_tokens: int, max_num_seqs: int, dtype_bytes: int, last_stage: bool) -> int:
-    """Peak torch memory of the profile run on one GPU."""
-    forward = batched_tokens * (2 * hidden + 3 * inter_per_rank) * dtype_bytes
+                     batched_tokens: int, max_num_seqs: int, dtype_bytes: int, last_stage: bool,
+                     extra_forward: int = 0) -> int:
+    """Peak torch memory of the profile run on one GPU (``extra_forward``: a MoE layer's peak, if larger)."""
+    forward = max(batched_tokens * (2 * hidden + 3 * inter_per_rank) * dtype_bytes, extra_forward)
     logit_bytes = dtype_bytes if profile.sampler_model_dtype else 4
     sampler = profile.sampler_copies * min(max_num_seqs, batched_tokens) * vocab * logit_bytes if last_stage else 0
     return int(profile.activation_base_gib * GIB + max(forward, sampler))
