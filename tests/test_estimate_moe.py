@@ -85,7 +85,8 @@ def test_mla_kv_is_576_elements_per_layer_and_not_split_by_tp():
     one = plan_gpu(LITE, gpu_memory_gib=79.18, tp=1, gpus=2, max_model_len=8192, vllm_version="0.19.0")
     two = plan_gpu(LITE, gpu_memory_gib=79.18, tp=2, gpus=2, max_model_len=8192, vllm_version="0.19.0")
     w = two.workers[0]
-    assert two.kv_cache_tokens == int(w.kv_cache_gib * GIB // (27 * 576 * 2 * 16)) * 16
+    assert two.block_size == 64  # FlashMLA, the CUDA default for MLA, forces blocks of 64
+    assert two.kv_cache_tokens == int(w.kv_cache_gib * GIB // (27 * 576 * 2 * 64)) * 64
     # the cache is replicated: halving the weights per GPU does not double the tokens
     assert two.kv_cache_tokens < 1.5 * one.kv_cache_tokens
 

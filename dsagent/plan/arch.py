@@ -162,7 +162,7 @@ def stage_weight_bytes(
 
 def safetensors_stage_bytes(
     directory: str | Path, config: Mapping[str, Any], *, tp: int, split: Sequence[int], dtype_bytes: int,
-    dp: int = 1, expert_parallel: bool = False,
+    dp: int = 1, expert_parallel: bool = False, pp: int | None = None,
 ) -> list[int] | None:
     """Exact weight bytes per TP rank of each stage from the safetensors headers, or None.
 

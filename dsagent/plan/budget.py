@@ -96,8 +96,8 @@ def check_layout(config: Mapping[str, Any], tp: int = 1, pp: int = 1, gpus: int 
         )
     if gpus is not None and tp * pp * dp > gpus:
         raise ParallelismError(
-            f"--tp {tp} x --pp {pp}" + (f" x --dp {dp}" if dp > 1 else "") + f" needs {tp * pp * dp} GPUs but {gpus} "
-            "are visible",
+            f"--tp {tp} x --pp {pp}" + (f" x --dp {dp}" if dp > 1 else "") + f" needs {tp * pp * dp} GPUs but "
+            f"{gpus} are visible",
             "lower --tp/--pp/--dp, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
             tp=tp,
             pp=pp,
@@ -165,8 +165,7 @@ class GpuPlan:
     weights_source: str = "architecture"
     suggestions: tuple[str, ...] = field(default=())
     nodes: int = 1
-    dp: int = 1
-    """Data-parallel replicas: each has its own KV cache (``kv_cache_tokens`` is one replica's)."""
+    dp: int = 1  # data-parallel replicas, each with its own KV cache (kv_cache_tokens is one replica's)
     expert_parallel: bool = False
 
     @property
@@ -243,15 +242,14 @@ def plan_gpu(
                                  option="--gpu-memory-utilization", value=util)
     limit = int(config.get("max_position_embeddings") or 0) or None
     length = int(max_model_len or limit or 4096)
-    bs = int(block_size or profile.block_size)
+    bs = int(block_size or ev.kv_block_size(profile, mla=bool(config.get("kv_lora_rank"))))
     dbytes = _dtype_bytes(config, dtype)
     kvb = _kv_bytes(kv_cache_dtype, dbytes)
     tokens_b, seqs = ev.batch_defaults(profile, gpu_memory_gib, length, device_name)
     tokens_b, seqs = int(max_num_batched_tokens or tokens_b), int(max_num_seqs or seqs)
     split = pp_layer_split(int(config["num_hidden_layers"]), pp, pp_partition)
-    exact = safetensors_stage_bytes(model_dir, config, tp=tp, split=split, dtype_bytes=dbytes, dp=dp,
-                                    expert_parallel=expert_parallel) if model_dir else None
     par = {"tp": tp, "pp": pp, "dp": dp, "expert_parallel": expert_parallel}
+    exact = safetensors_stage_bytes(model_dir, config, split=split, dtype_bytes=dbytes, **par) if model_dir else None
     requested = gpu_memory_gib * GIB * util
     workers = [
         _worker(config, profile, stage=stage, layers=layers, first=sum(split[:stage]), par=par, total_gib=gpu_memory_gib,
@@ -285,13 +283,12 @@ def _worker(config: Mapping[str, Any], profile: ev.VllmProfile, *, stage: int, l
     if weights is None:
         weights = stage_weight_bytes(config, stage=stage, layers=layers, dtype_bytes=dtype_bytes, first=first,
                                      reserved=profile.weights_reserved, **par)
-    moe_fwd = moe.moe_forward_bytes(config, tokens=batched_tokens, moe_ranks=tp * int(par["dp"]),
-                                    expert_parallel=bool(par["expert_parallel"]), dtype_bytes=dtype_bytes)
     act = ev.activation_bytes(profile, hidden=int(config["hidden_size"]),
                               inter_per_rank=-(-int(config["intermediate_size"]) // tp),
                               vocab=pad_vocab(int(config["vocab_size"]), 1), batched_tokens=batched_tokens,
                               max_num_seqs=max_num_seqs, dtype_bytes=dtype_bytes, last_stage=stage == pp - 1,
-                              extra_forward=moe_fwd)
+                              extra_forward=moe.moe_forward_bytes(config, tokens=batched_tokens, moe_ranks=tp * par["dp"],
+                              expert_parallel=par["expert_parallel"], dtype_bytes=dtype_bytes))
     non_torch = ev.non_torch_bytes(profile, tp, pp)
     graphs = ev.cudagraph_bytes(layers, enforce_eager)
     kv = requested - weights - act - non_torch - (graphs if profile.cudagraph_in_budget else 0)

@@ -22,8 +22,9 @@ from ..system import gpus as machine
 from .arch import stage_weight_bytes
 from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu
 from .catalog import CATALOG, ModelSpec, resolve
+from .layouts import LayoutChoice, compare_layouts
 
-__all__ = ["estimate", "recommend", "smaller_models"]
+__all__ = ["choose_layout", "estimate", "recommend", "smaller_models"]
 
 
 def _layouts(config: Mapping[str, Any], gpus: int, nodes: int = 1) -> list[tuple[int, int]]:
@@ -115,6 +116,29 @@ def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
     return [(s.name, s.config) for s in sorted(family, key=lambda s: -_size(s.config))]
 
 
+def choose_layout(model: str | ModelSpec, *, goal: str, gpu_memory_gib: float | None = None,
+                  gpus: int | None = None, nodes: int = 1, settings: Settings | None = None,
+                  **options: Any) -> LayoutChoice:
+    """``dsagent estimate --goal``: every layout of ``model`` on these GPUs ranked for ``goal``
+    (``latency`` or ``throughput``, see ``dsagent.plan.layouts``); the visible GPUs unless described."""
+    spec = model if isinstance(model, ModelSpec) else resolve(model)
+    if not spec.config:
+        raise InvalidOptionError(f"no architecture known offline for {spec.repo_id or spec.name!r}",
+                                 "download it first (`dsagent fetch`) or pass a folder that holds its config.json",
+                                 option="MODEL", value=spec.repo_id or spec.name)
+    free, name = None, ""
+    if gpu_memory_gib is None:
+        seen = machine.visible_gpus(settings=settings)
+        if not seen:
+            raise InvalidOptionError("no GPU is visible here, so there is no layout to choose",
+                                     "pass --gpu-memory-gib and --gpus to plan for another machine",
+                                     option="--gpu-memory-gib")
+        gpu_memory_gib, free, name = min(g.total_gib for g in seen), [g.free_gib for g in seen], seen[0].name
+        gpus = gpus or len(seen)
+    return compare_layouts(spec.config, goal=goal, gpu_memory_gib=gpu_memory_gib, gpus=gpus or 1, nodes=nodes,
+                           free_memory_gib=free, model_dir=spec.path, device_name=name, **options)
+
+
 def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpus: int | None = None,
              tp: int | None = None, pp: int | None = None, max_model_len: int | None = None, nodes: int = 1,
              settings: Settings | None = None, **options: Any) -> GpuPlan | CpuPlan:
@@ -146,16 +170,18 @@ def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpu
                                  "use the GPU's memory, e.g. 79.18 for an H100", option="--gpu-memory-gib",
                                  value=gpu_memory_gib)
     kw = dict(options, free_memory_gib=free, model_dir=spec.path, device_name=name)
-    if not (tp or pp):
+    if not (tp or pp or kw.get("dp", 1) > 1):
+        kw = {k: v for k, v in kw.items() if k not in {"dp", "expert_parallel"}}
         return recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=gpus or 1, max_model_len=max_model_len,
                          smaller_models=smaller_models(spec), nodes=nodes, **kw)
-    tp, pp = tp or 1, pp or 1
-    check_nodes(tp, pp, 1, nodes)  # the rule the launch applies
-    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=(gpus or tp * pp // nodes) * nodes, tp=tp,
+    tp, pp, dp = tp or 1, pp or 1, int(kw.get("dp") or 1)
+    check_nodes(tp, pp, dp, nodes)  # the rule the launch applies
+    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=(gpus or tp * pp * dp // nodes) * nodes, tp=tp,
                     pp=pp, max_model_len=max_model_len, **kw)
     plan = replace(plan, nodes=nodes)
     if plan.fits:
         return plan
-    hint = recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=max(gpus or 0, tp * pp),
-                     max_model_len=max_model_len, smaller_models=smaller_models(spec), **kw)
+    hint = recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=max(gpus or 0, tp * pp * dp),
+                     max_model_len=max_model_len, smaller_models=smaller_models(spec),
+                     **{k: v for k, v in kw.items() if k not in {"dp", "expert_parallel"}})
     return replace(plan, suggestions=hint.suggestions or ((f"--tp {hint.tp} --pp {hint.pp} fits",) if hint.fits else ()))

@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import ParallelismError
 
 __all__ = ["block_quant", "check_parallel", "is_deepseek", "is_moe_layer", "local_experts", "moe_forward_bytes",
-           "stage_bytes", "tensor_share"]
+           "routed_bytes", "stage_bytes", "tensor_share", "token_read_bytes"]
 
 Alloc = Callable[[int], int]
 
@@ -127,11 +127,37 @@ def moe_bytes(config: Mapping[str, Any], *, tp: int, moe_ranks: int, expert_para
     shared = int(config.get("n_shared_experts") or 0)
     if shared:
         total += _mlp(lin, h, _cdiv(inter * shared, tp))
+    return total + routed_bytes(config, moe_ranks=moe_ranks, expert_parallel=expert_parallel,
+                                dtype_bytes=dtype_bytes, alloc=alloc)
+
+
+def routed_bytes(config: Mapping[str, Any], *, moe_ranks: int, expert_parallel: bool, dtype_bytes: int,
+                 alloc: Alloc = int, experts: int | None = None) -> int:
+    """This rank's routed experts of one MoE layer (``experts``: only that many of them, e.g. the
+    ones one decoded token activates)."""
+    lin = _Linear(config, dtype_bytes, alloc)
+    h, total, inter = int(config["hidden_size"]), int(config["n_routed_experts"]), int(config["moe_intermediate_size"])
     if expert_parallel and moe_ranks > 1:
-        local, inter_r = local_experts(experts, ep=moe_ranks), inter
+        local, inter_r = local_experts(total, ep=moe_ranks), inter
     else:
-        local, inter_r = experts, _cdiv(inter, moe_ranks)
-    return total + lin(2 * inter_r, h, experts=local) + lin(h, inter_r, experts=local)
+        local, inter_r = total, _cdiv(inter, moe_ranks)
+    n = local if experts is None else min(experts, local)
+    return lin(2 * inter_r, h, experts=n) + lin(h, inter_r, experts=n)
+
+
+def token_read_bytes(config: Mapping[str, Any], *, held: int, stage: int, first: int, layers: int, tp: int,
+                     dp: int, expert_parallel: bool, dtype_bytes: int) -> int:
+    """Bytes one GPU of ``stage`` reads to decode one token of one stream: what it holds, minus the
+    embedding table (one row is read) and, in MoE layers, the routed experts the token does not use
+    (``top_k`` of them split over TP; with EP the busiest rank runs ``ceil(top_k / ep)`` whole ones)."""
+    unused = int(config["vocab_size"]) // tp * int(config["hidden_size"]) * dtype_bytes if stage == 0 else 0
+    moe_layers = sum(1 for i in range(first, first + layers) if is_moe_layer(config, i))
+    if moe_layers:
+        ranks, topk = tp * dp, int(config.get("num_experts_per_tok") or 1)
+        used = _cdiv(topk, ranks) if expert_parallel and ranks > 1 else topk
+        kw = {"moe_ranks": ranks, "expert_parallel": expert_parallel, "dtype_bytes": dtype_bytes}
+        unused += moe_layers * (routed_bytes(config, **kw) - routed_bytes(config, experts=used, **kw))
+    return max(0, held - unused)
 
 
 def rope_bytes(config: Mapping[str, Any], dtype_bytes: int) -> int:

@@ -88,6 +88,11 @@ def profile_for(version: str | None) -> VllmProfile:
     return VllmProfile(v, cudagraph_in_budget=v >= (0, 21, 0), **_V1)  # type: ignore[arg-type]
 
 
+def kv_block_size(profile: VllmProfile, *, mla: bool) -> int:
+    """Tokens per KV block: MLA models get FlashMLA on CUDA by default, which forces 64 (0.7.3 on)."""
+    return 64 if mla and profile.version >= (0, 7, 3) else profile.block_size
+
+
 def batch_defaults(profile: VllmProfile, gpu_total_gib: float, max_model_len: int,
                    device_name: str = "") -> tuple[int, int]:
     """``(max_num_batched_tokens, max_num_seqs)`` that ``vllm serve`` picks by default."""
