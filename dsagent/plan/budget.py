@@ -96,8 +96,7 @@ def check_layout(config: Mapping[str, Any], tp: int = 1, pp: int = 1, gpus: int 
         )
     if gpus is not None and tp * pp * dp > gpus:
         raise ParallelismError(
-            f"--tp {tp} x --pp {pp}" + (f" x --dp {dp}" if dp > 1 else "") + f" needs {tp * pp * dp} GPUs but "
-            f"{gpus} are visible",
+            f"--tp {tp} x --pp {pp}{f' x --dp {dp}' if dp > 1 else ''} needs {tp * pp * dp} GPUs but {gpus} are visible",
             "lower --tp/--pp/--dp, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
             tp=tp,
             pp=pp,
@@ -169,8 +168,7 @@ class GpuPlan:
     expert_parallel: bool = False
 
     @property
-    def total_concurrency(self) -> float:
-        """Requests of ``max_model_len`` tokens all replicas hold at once (``dp x max_concurrency``)."""
+    def total_concurrency(self) -> float:  # requests of max_model_len all replicas hold at once
         return round(self.dp * self.max_concurrency, 2)
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,7 +250,8 @@ def plan_gpu(
     exact = safetensors_stage_bytes(model_dir, config, split=split, dtype_bytes=dbytes, **par) if model_dir else None
     requested = gpu_memory_gib * GIB * util
     workers = [
-        _worker(config, profile, stage=stage, layers=layers, first=sum(split[:stage]), par=par, total_gib=gpu_memory_gib,
+        _worker(config, profile, stage=stage, layers=layers, first=sum(split[:stage]), par=par,
+                total_gib=gpu_memory_gib,
                 requested=requested, weights=exact[stage] if exact else None, dtype_bytes=dbytes, kv_bytes=kvb,
                 block_size=bs, batched_tokens=tokens_b, max_num_seqs=seqs, enforce_eager=enforce_eager)
         for stage, layers in enumerate(split)
@@ -276,7 +275,8 @@ def plan_gpu(
 
 
 def _worker(config: Mapping[str, Any], profile: ev.VllmProfile, *, stage: int, layers: int, first: int,
-            par: Mapping[str, Any], total_gib: float, requested: float, weights: int | None, dtype_bytes: int, kv_bytes: int,
+            par: Mapping[str, Any], total_gib: float, requested: float, weights: int | None, dtype_bytes: int,
+            kv_bytes: int,
             block_size: int, batched_tokens: int, max_num_seqs: int, enforce_eager: bool) -> WorkerPlan:
     """The budget of one TP rank of pipeline ``stage``: what is left for the KV cache, in blocks."""
     tp, pp = int(par["tp"]), int(par["pp"])
@@ -287,8 +287,8 @@ def _worker(config: Mapping[str, Any], profile: ev.VllmProfile, *, stage: int, l
                               inter_per_rank=-(-int(config["intermediate_size"]) // tp),
                               vocab=pad_vocab(int(config["vocab_size"]), 1), batched_tokens=batched_tokens,
                               max_num_seqs=max_num_seqs, dtype_bytes=dtype_bytes, last_stage=stage == pp - 1,
-                              extra_forward=moe.moe_forward_bytes(config, tokens=batched_tokens, moe_ranks=tp * par["dp"],
-                              expert_parallel=par["expert_parallel"], dtype_bytes=dtype_bytes))
+                              extra_forward=moe.moe_forward_bytes(config, tokens=batched_tokens, dtype_bytes=dtype_bytes,
+                              moe_ranks=tp * par["dp"], expert_parallel=par["expert_parallel"]))
     non_torch = ev.non_torch_bytes(profile, tp, pp)
     graphs = ev.cudagraph_bytes(layers, enforce_eager)
     kv = requested - weights - act - non_torch - (graphs if profile.cudagraph_in_budget else 0)

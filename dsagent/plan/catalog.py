@@ -110,7 +110,8 @@ _V2_LITE = {
     "rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
                      "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096},
 }
-_FULL = "{what}: 671B MoE (37B active), MLA, FP8 block-quantised weights (~628 GiB); needs a node of 8 H200 or two of 8 H100."
+_FULL = ("{what}: 671B MoE (37B active), MLA, FP8 block-quantised weights (~628 GiB); needs a node of 8 H200 "
+         "or two of 8 H100.")
 
 CATALOG: tuple[ModelSpec, ...] = (
     ModelSpec(

@@ -114,7 +114,8 @@ def _token_read(config: Mapping[str, Any], plan: GpuPlan, dtype_bytes: int) -> f
     return total / GIB
 
 
-def _options(config: Mapping[str, Any], gpus: int, nodes: int, kw: Mapping[str, Any]) -> list[tuple[LayoutOption, GpuPlan]]:
+def _options(config: Mapping[str, Any], gpus: int, nodes: int,
+             kw: Mapping[str, Any]) -> list[tuple[LayoutOption, GpuPlan]]:
     out = []
     dtype_bytes = _dtype_bytes(config, kw.get("dtype"))
     for tp, pp, dp, ep in _triples(config, gpus, nodes):
@@ -156,8 +157,8 @@ def compare_layouts(config: Mapping[str, Any], *, goal: str, gpu_memory_gib: flo
     most = max((o.total_concurrency for o, _ in found if o.fits), default=0.0)
     found.sort(key=lambda pair: _rank(goal, pair[0], most))
     fastest = min((o.token_read_gib for o, _ in found if o.fits), default=0.0)
-    opts = tuple(replace(o, relative_speed=round(fastest / o.token_read_gib, 2) if fastest and o.token_read_gib else 0.0)
-                 for o, _ in found)
+    opts = tuple(replace(o, relative_speed=round(fastest / o.token_read_gib, 2) if fastest and o.token_read_gib
+                         else 0.0) for o, _ in found)
     best_option, best_plan = found[0]
     needed = nodes if best_option.fits else _nodes_needed(config, gpus, nodes, kw)
     return LayoutChoice(goal, nodes, gpus, opts, best_plan if best_option.fits else None, needed)

@@ -98,7 +98,8 @@ def mla_layer_bytes(config: Mapping[str, Any], tp: int, dtype_bytes: int, alloc:
     nope, v = int(config.get("qk_nope_head_dim", 128)), int(config.get("v_head_dim", 128))
     q_lora = config.get("q_lora_rank")
     if q_lora:
-        total = lin(int(q_lora) + kv_lora + rope, h) + int(q_lora) * dtype_bytes + lin(heads * (nope + rope), int(q_lora))
+        q_lora = int(q_lora)
+        total = lin(q_lora + kv_lora + rope, h) + q_lora * dtype_bytes + lin(heads * (nope + rope), q_lora)
     else:
         total = lin(heads * (nope + rope), h) + lin(kv_lora + rope, h)
     total += kv_lora * dtype_bytes + lin(heads * (nope + v), kv_lora) + lin(h, heads * v)
@@ -120,7 +121,8 @@ def moe_bytes(config: Mapping[str, Any], *, tp: int, moe_ranks: int, expert_para
               alloc: Alloc) -> int:
     """One MoE block on one rank: router, shared experts (split over TP), this rank's routed experts."""
     lin = _Linear(config, dtype_bytes, alloc)
-    h, experts, inter = int(config["hidden_size"]), int(config["n_routed_experts"]), int(config["moe_intermediate_size"])
+    h, experts = int(config["hidden_size"]), int(config["n_routed_experts"])
+    inter = int(config["moe_intermediate_size"])
     total = alloc(experts * h * dtype_bytes)
     if config.get("topk_method") == "noaux_tc":
         total += experts * 4
@@ -136,7 +138,8 @@ def routed_bytes(config: Mapping[str, Any], *, moe_ranks: int, expert_parallel: 
     """This rank's routed experts of one MoE layer (``experts``: only that many of them, e.g. the
     ones one decoded token activates)."""
     lin = _Linear(config, dtype_bytes, alloc)
-    h, total, inter = int(config["hidden_size"]), int(config["n_routed_experts"]), int(config["moe_intermediate_size"])
+    h, total = int(config["hidden_size"]), int(config["n_routed_experts"])
+    inter = int(config["moe_intermediate_size"])
     if expert_parallel and moe_ranks > 1:
         local, inter_r = local_experts(total, ep=moe_ranks), inter
     else:
