@@ -288,3 +288,13 @@ def test_v0_small_cards_match_public_logs():
     assert t4.kv_cache_tokens == pytest.approx(928_944, rel=0.01)
     assert plan_gpu(Q7, gpu_memory_gib=79.22, vllm_version="0.6.4", max_model_len=8192).workers[0].non_torch_gib == \
         pytest.approx(1.79, abs=0.01)
+
+
+def test_v08_to_v010_on_volta_runs_v0():
+    """vLLM 0.8-0.10 falls back to the V0 engine below compute capability 8.0 (V100, T4): the 0.8.5
+    V100 log profiled 32768 tokens (4.35 GiB of activation), V0's way, not V1's 2048-token chunks."""
+    q = dict(Q7, max_position_embeddings=32768)
+    v100 = plan_gpu(q, gpu_memory_gib=31.74, max_model_len=32768, vllm_version="0.8.5", device_name="Tesla V100-SXM2-32GB")
+    a100 = plan_gpu(q, gpu_memory_gib=79.18, max_model_len=32768, vllm_version="0.8.5", device_name="NVIDIA A100-SXM4-80GB")
+    assert (v100.engine, a100.engine) == ("v0", "v1")
+    assert v100.workers[0].activation_gib == pytest.approx(4.35, abs=0.1)

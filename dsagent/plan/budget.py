@@ -233,7 +233,7 @@ def plan_gpu(
     """
     check_layout(config, tp, pp, gpus, dp)
     moe.check_parallel(config, tp=tp, dp=dp, expert_parallel=expert_parallel)
-    profile = ev.profile_for(vllm_version)
+    profile = ev.profile_for(vllm_version, device_name)
     util = gpu_memory_utilization or profile.default_utilization
     if not 0 < util <= 1:
         raise InvalidOptionError(f"--gpu-memory-utilization {util} is outside (0, 1]", "use a value such as 0.9",

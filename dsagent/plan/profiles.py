@@ -81,9 +81,19 @@ _V1_026 = dict(engine="v1", activation_base_gib=0.2, sampler_copies=2.3, non_tor
                weights_reserved=True)
 
 
-def profile_for(version: str | None) -> VllmProfile:
-    """The constants for ``version`` (default: ``DEFAULT_VERSION``)."""
+PRE_AMPERE = ("v100", "t4", "2080", "titan v", "titan rtx", "quadro rtx", "rtx 6000", "rtx 8000", "p100", "p40")
+"""GPUs below compute capability 8.0: vLLM 0.8-0.10 runs them on the V0 engine (V1 needs 8.0+)."""
+
+
+def profile_for(version: str | None, device_name: str = "") -> VllmProfile:
+    """The constants for ``version`` (default: ``DEFAULT_VERSION``) on the GPU named ``device_name``.
+
+    >>> profile_for("0.9.2", "Tesla V100-SXM2-32GB").engine, profile_for("0.9.2", "NVIDIA H100").engine
+    ('v0', 'v1')
+    """
     v = parse_version(version or DEFAULT_VERSION)
+    if (0, 8, 0) <= v < (0, 11, 0) and any(k in device_name.lower() for k in PRE_AMPERE):
+        return VllmProfile(v, **_V0)  # type: ignore[arg-type]
     if v < (0, 8, 0):
         return VllmProfile(v, **(_V0_DEV if v < (0, 6, 5) else _V0))  # type: ignore[arg-type]
     if v < (0, 17, 0):
