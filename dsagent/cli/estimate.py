@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
     spec = resolve(args.model)
     if getattr(args, "goal", None):
         return _goal(args, spec)
-    extra = {"dp": args.dp, "expert_parallel": True} if getattr(args, "enable_expert_parallel", False) else {}
-    if getattr(args, "dp", None):
-        extra["dp"] = args.dp
+    extra = {"dp": getattr(args, "dp", None), "expert_parallel": getattr(args, "enable_expert_parallel", False)}
     plan = planner.estimate(
         spec, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, tp=args.tp, pp=args.pp,
         max_model_len=args.max_model_len, nodes=args.nodes, gpu_memory_utilization=args.gpu_memory_utilization,
@@ -124,6 +122,9 @@ def render(plan: GpuPlan, name: str = "") -> str:
                      f"{w.non_torch_gib:9.2f} {w.cuda_graph_gib:7.2f} {w.kv_cache_gib:9.2f}  |{_bar(w)}|")
     if plan.tp > 1:
         lines.append(f"(each stage row stands for its {plan.tp} TP ranks, GiB per GPU)")
+    if plan.dp > 1 or plan.expert_parallel:
+        lines.insert(1, f"data parallel {plan.dp} (KV tokens and concurrency per replica; {plan.total_concurrency:.2f}x "
+                        f"over all){', expert parallel over tp x dp' if plan.expert_parallel else ''}")
     lines += [f"reason: {r}" for r in plan.reasons]
     lines += [f"suggest: {s}" for s in plan.suggestions]
     return "\n".join(lines)
