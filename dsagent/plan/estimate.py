@@ -22,7 +22,7 @@ from ..system import gpus as machine
 from .arch import stage_weight_bytes
 from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu
 from .catalog import CATALOG, ModelSpec, resolve
-from .layouts import LayoutChoice, compare_layouts
+from .layouts import NEAR, LayoutChoice, compare_layouts, token_read_gib
 
 __all__ = ["choose_layout", "estimate", "recommend", "smaller_models"]
 
@@ -58,10 +58,12 @@ def recommend(config: Mapping[str, Any], *, gpu_memory_gib: float, gpus: int, ma
     if not plans:
         raise ParallelismError(f"no TP/PP layout of this model spreads evenly over {nodes} node(s) of {gpus} GPUs",
                                "make more GPUs visible, or use fewer nodes")
-    # Prefer fitting, then concurrency, then fewer GPUs.
+    # Prefer fitting, then concurrency, then fewer GPUs; within 10 % of the most concurrency, the
+    # fastest stream (an MLA model holds most requests at PP = GPUs, one GPU per stage: slow streams).
     best = max(plans, key=lambda p: (p.fits, p.max_concurrency, -p.tp * p.pp))
     if best.fits:
-        return best
+        near = [p for p in plans if p.fits and p.max_concurrency >= NEAR * best.max_concurrency]
+        return min(near, key=lambda p: (round(token_read_gib(config, p), 2), -p.max_concurrency, p.tp * p.pp))
     hints: list[str] = []
     fit_len = max(plans, key=lambda p: p.max_model_len_fit)
     if fit_len.max_model_len_fit >= 1024:

@@ -34,7 +34,7 @@ from .arch import stage_weight_bytes
 from .budget import GIB, GpuPlan, _dtype_bytes, check_layout, check_nodes, plan_gpu
 from .profiles import profile_for
 
-__all__ = ["GOALS", "LayoutChoice", "LayoutOption", "compare_layouts"]
+__all__ = ["GOALS", "LayoutChoice", "LayoutOption", "compare_layouts", "token_read_gib"]
 
 GOALS = ("latency", "throughput")
 MAX_NODES = 8
@@ -99,8 +99,9 @@ def _triples(config: Mapping[str, Any], gpus: int, nodes: int) -> list[tuple[int
     return out
 
 
-def _token_read(config: Mapping[str, Any], plan: GpuPlan, dtype_bytes: int) -> float:
+def token_read_gib(config: Mapping[str, Any], plan: GpuPlan, dtype_bytes: int | None = None) -> float:
     """GiB read along one stream's path per decoded token (sum over stages of one GPU's read)."""
+    dtype_bytes = dtype_bytes or _dtype_bytes(config, None)
     total, first = 0, 0
     reserved = profile_for(plan.vllm_version).weights_reserved
     for w in plan.workers:
@@ -125,7 +126,7 @@ def _options(config: Mapping[str, Any], gpus: int, nodes: int,
             continue
         p = replace(p, nodes=nodes)
         out.append((LayoutOption(tp, pp, dp, ep, p.fits, p.weights_gib, p.kv_cache_tokens, p.max_concurrency,
-                                 p.total_concurrency, round(_token_read(config, p, dtype_bytes), 3)), p))
+                                 p.total_concurrency, round(token_read_gib(config, p, dtype_bytes), 3)), p))
     return out
 
 
