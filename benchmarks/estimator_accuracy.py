@@ -32,6 +32,8 @@ LLAMA3_8B = llama(4096, 32, 32, 8, 14336, 128256, 8192)
 QWEN25_7B = llama(3584, 28, 28, 4, 18944, 152064, 32768, model_type="qwen2")
 LLAMA33_70B_FP8 = llama(8192, 80, 64, 8, 28672, 128256, 131072,
                         quantization_config={"quant_method": "fp8", "activation_scheme": "dynamic"})
+QWEN25_15B = llama(1536, 28, 12, 2, 8960, 151936, 32768, model_type="qwen2", tie_word_embeddings=True)
+QWEN25_05B = llama(896, 24, 14, 2, 4864, 151936, 32768, model_type="qwen2", tie_word_embeddings=True)
 Q15 = dict(resolve("deepseek-r1-distill-qwen-1.5b").config)
 Q7 = dict(resolve("deepseek-r1-distill-qwen-7b").config)
 
@@ -63,6 +65,20 @@ ROWS = [
      dict(weights=3.3465, tokens=525_520, concurrency=4.01, fits=True)),
     ("R1-Distill-Qwen-7B TP2 v0.8.4", Q7, None, 2, 1, 0.8, 4096, "0.8.4",
      dict(weights=7.1441, tokens=367_968, concurrency=89.84, fits=True)),
+    # V0 on small cards (docs/estimate.md, "V0 and small cards": sources). fit: used to set the V0
+    # constants; the others are held out.
+    ("fit: R1-Qwen-7B V100 V0 0.7", Q7, 31.74, 1, 1, 0.9, 2048, "0.7.2",
+     dict(weights=14.27, activation=1.40, non_torch=0.09, kv=12.80, tokens=14984 * 16, fits=True)),
+    ("fit: Qwen2.5-7B V100 V0 0.8.5", QWEN25_7B, 31.74, 1, 1, 0.9, 32768, "0.7.3",
+     dict(weights=14.25, activation=4.35, non_torch=0.09, kv=9.88, fits=True)),
+    ("fit: Llama-3-8B TP2 H100 V0", LLAMA3_8B, 79.22, 2, 1, 0.9, 8192, "0.6.4",
+     dict(weights=7.48, activation=1.26, non_torch=3.58, fits=True)),
+    ("held: Qwen2.5-1.5B T4 V0 0.7", QWEN25_15B, 14.56, 1, 1, 0.5, 32768, "0.7.3",
+     dict(weights=2.89, activation=2.02, non_torch=0.01, kv=2.36, tokens=5517 * 16, fits=True)),
+    ("held: Qwen2.5-0.5B T4 V0 0.6.6", QWEN25_05B, 14.56, 1, 1, 0.9, 32768, "0.6.6",
+     dict(weights=0.93, activation=1.44, non_torch=0.11, kv=10.63, tokens=58059 * 16, fits=True)),
+    ("held: Qwen2.5-7B 4090 V0", QWEN25_7B, 23.57, 1, 1, 0.9, 8192, "0.7.3",
+     dict(weights=14.25, activation=1.09, non_torch=0.10, kv=5.77, tokens=6749 * 16, fits=True)),
 ]
 
 
@@ -72,6 +88,7 @@ def pct(pred: float, real: float) -> float:
 
 def main() -> int:
     errs: dict[str, list[float]] = {k: [] for k in ("weights", "kv", "tokens", "concurrency")}
+    held: dict[str, list[float]] = {"kv": [], "tokens": []}
     verdicts = []
     head = f"{'row':32} {'weights':>15} {'activ.':>11} {'non-torch':>11} {'KV GiB':>13} {'tokens':>19} {'conc.':>13} fit"
     print(head)
@@ -92,11 +109,15 @@ def main() -> int:
             cells.append(f"{p.kv_cache_gib:6.2f}/{real['kv']:<6.2f}")
             if real["kv"] > 0:
                 errs["kv"].append(pct(p.kv_cache_gib, real["kv"]))
+                if label.startswith("held"):
+                    held["kv"].append(pct(p.kv_cache_gib, real["kv"]))
         else:
             cells.append(f"{p.kv_cache_gib if gpu else float('nan'):6.2f}/-     ")
         if "tokens" in real:
             if gpu:
                 errs["tokens"].append(pct(p.kv_cache_tokens, real["tokens"]))
+                if label.startswith("held"):
+                    held["tokens"].append(pct(p.kv_cache_tokens, real["tokens"]))
                 cells.append(f"{p.kv_cache_tokens:>9,}/{real['tokens']:<9,}")
             else:  # GPU total not logged: only the block arithmetic below can be checked
                 cells.append(f"{'?':>9}/{real['tokens']:<9,}")
@@ -113,6 +134,10 @@ def main() -> int:
         cells.append(("ok" if ok else "WRONG") + f" ({'fits' if p.fits else 'refused'})")
         print(" ".join(cells))
     print()
+    for key in ("kv", "tokens"):
+        vals = held[key]
+        if vals:
+            print(f"held-out V0 {key:12}: {sum(vals) / len(vals):5.2f}%  over {len(vals)} rows (max {max(vals):.2f}%)")
     for key, vals in errs.items():
         if vals:
             print(f"mean abs error {key:12}: {sum(vals) / len(vals):5.2f}%  over {len(vals)} rows "

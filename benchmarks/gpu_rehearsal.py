@@ -15,6 +15,8 @@ Run on a GPU machine (see docs/gpu-rehearsal.md). Every server is started with d
 
     python benchmarks/gpu_rehearsal.py run --tokenizer DIR --shapes qwen7b-tp1,qwen14b-tp2 --out r.json
     python benchmarks/gpu_rehearsal.py report r1.json r2.json   # writes docs/gpu-rehearsal.{md,json}
+    python benchmarks/gpu_rehearsal.py run --tokenizer DIR --shapes v2lite-tp1,v2lite-tp2,v3-6l-tp2,v3-6l-tp2-ep \\
+        --out deepseek.json   # DeepSeek MLA/MoE/FP8 shapes on 2 GPUs (issue 15)
 """
 
 from __future__ import annotations
@@ -62,6 +64,24 @@ SHAPES: dict[str, dict[str, Any]] = {
     "qwen32b-tp1": {"model": "deepseek-r1-distill-qwen-32b", "tp": 1, "pp": 1, "dtype": "auto",
                     "extra": {**_QWEN, "rope_theta": 1000000.0, "rms_norm_eps": 1e-5}},
 }
+# DeepSeek MLA/MoE shapes (issue 15). V2-Lite: the catalog config (bf16, 64 experts, MLA). V3: the
+# real architecture (FP8 128x128 block quantisation, 256 experts, MLA, YaRN) cut to 6 layers (3 dense
+# + 3 MoE) so that TP2 fits two GPUs; "ep" adds --enable-expert-parallel. No DeepGEMM, no FlashInfer.
+_V3_CUT = {"num_hidden_layers": 6}
+_FP8_ENV = {"VLLM_USE_DEEP_GEMM": "0", "VLLM_MOE_USE_DEEP_GEMM": "0", "VLLM_USE_FLASHINFER_MOE_FP8": "0"}
+SHAPES.update({
+    "v2lite-tp1": {"model": "deepseek-v2-lite-chat", "tp": 1, "pp": 1, "dtype": "auto", "extra": {}, "mla": True},
+    "v2lite-tp2": {"model": "deepseek-v2-lite-chat", "tp": 2, "pp": 1, "dtype": "auto", "extra": {}, "mla": True},
+    "v3-6l-tp2": {"model": "deepseek-v3", "tp": 2, "pp": 1, "dtype": "auto", "extra": _V3_CUT, "mla": True,
+                  "env": _FP8_ENV},
+    "v3-6l-tp2-ep": {"model": "deepseek-v3", "tp": 2, "pp": 1, "dtype": "auto", "extra": _V3_CUT, "mla": True,
+                     "env": _FP8_ENV, "ep": True},
+})
+DEEPSEEK_SHAPES = "v2lite-tp1,v2lite-tp2,v3-6l-tp2,v3-6l-tp2-ep"
+MLA_BACKENDS = "FLASHMLA,TRITON_MLA"
+"""MLA attention backends tried in turn (``--mla-backends``): FlashMLA ships in the vLLM wheel
+(``vllm._flashmla_C``, SM90) and is vLLM's default on Hopper; Triton MLA needs only triton.
+CUTLASS_MLA is SM100-only and FLASHINFER_MLA needs FlashInfer, which the bundle lacks."""
 MAX_MODEL_LEN = 8192
 
 _ACTUAL = re.compile(r"Actual usage is ([\d.]+) GiB for weight, ([\d.]+) GiB for peak activation, "
@@ -172,7 +192,8 @@ def model_dir(shape: str, base: Path) -> Path:
 
     s = SHAPES[shape]
     cfg = {**dict(resolve(s["model"]).config), **s["extra"]}
-    d = base / ("shape-" + s["model"].replace("deepseek-r1-distill-", ""))  # no "deepseek-r1": no R1 parser
+    folder = s["model"].replace("deepseek-r1-distill-", "") + ("-6l" if s["extra"].get("num_hidden_layers") else "")
+    d = base / ("shape-" + folder)  # no "deepseek-r1" in the name: no R1 reasoning parser
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     return d
@@ -232,24 +253,80 @@ def _held(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[int
     return [a["used_mib"] - b["used_mib"] for a, b in zip(after, before)]
 
 
+def _up(shape: str, mdir: Path, name: str, tokenizer: str, res: dict[str, Any],
+        mla_backends: list[str]) -> subprocess.CompletedProcess:
+    """``dsagent up`` for ``shape``; an MLA shape tries each MLA backend until one starts."""
+    s = SHAPES[shape]
+    args = ["up", str(mdir), "--name", name, "--device", "gpu", "--dummy-weights", "--tp", str(s["tp"]),
+            "--pp", str(s["pp"]), "--max-model-len", str(MAX_MODEL_LEN), "--port", "auto", "--timeout", "600",
+            "--vllm-arg=--tokenizer", f"--vllm-arg={tokenizer}", "--json"]
+    if s["dtype"] != "auto":
+        args += ["--dtype", s["dtype"]]
+    if s.get("ep"):
+        args += ["--vllm-arg=--enable-expert-parallel"]
+    tries: list[dict[str, Any]] = []
+    for backend in (mla_backends if s.get("mla") else [None]):
+        env = {**s.get("env", {}), **({"VLLM_ATTENTION_BACKEND": backend} if backend else {})}
+        t0 = time.time()
+        up = dsagent(*args, env=env)
+        tries.append({"backend": backend, "rc": up.returncode, "wall_s": round(time.time() - t0, 1),
+                      "stderr_tail": up.stderr[-1500:]})
+        res.update(up_wall_s=tries[-1]["wall_s"], up_rc=up.returncode, up_stderr_tail=up.stderr[-3000:],
+                   attention_backend=backend, up_tries=tries)
+        if up.returncode == 0:
+            break
+        dsagent("stop", name)
+    return up
+
+
+def local_estimate(shape: str, mdir: Path) -> dict[str, Any]:
+    """The plan of this shape by this checkout's planner, on the visible GPU, with the shape's EP flag
+    (``dsagent up`` records its own plan, which does not know --enable-expert-parallel)."""
+    from dsagent.plan.estimate import estimate
+    from dsagent.system.gpus import visible_gpus
+
+    s = SHAPES[shape]
+    try:
+        import vllm
+
+        version = vllm.__version__
+    except Exception:  # noqa: BLE001
+        version = None
+    seen = visible_gpus()
+    if not seen:
+        return {"error": "no GPU visible"}
+    plan = estimate(str(mdir), gpu_memory_gib=min(g.total_gib for g in seen), gpus=s["tp"] * s["pp"], tp=s["tp"],
+                    pp=s["pp"], max_model_len=MAX_MODEL_LEN, vllm_version=version,
+                    expert_parallel=bool(s.get("ep")), **({"dtype": s["dtype"]} if s["dtype"] != "auto" else {}))
+    return plan.to_dict()
+
+
+def compare_line(res: dict[str, Any]) -> str:
+    """One line: estimate vs measured weights (rank 0) and KV tokens."""
+    est = res.get("local_estimate") or {}
+    log = res.get("vllm_log") or {}
+    w = (log.get("workers") or {}).get("pp0_tp0", {})
+    measured_w = w.get("weights_gib") or w.get("loading_gib")
+    est_w = ((est.get("detail") or {}).get("workers") or [{}])[0].get("weights_gib")
+    return (f"   weights GiB/GPU est {est_w} vs measured {measured_w} ({_pct(est_w, measured_w)}); "
+            f"KV tokens est {est.get('kv_cache_tokens')} vs measured {log.get('kv_cache_tokens')} "
+            f"({_pct(est.get('kv_cache_tokens'), log.get('kv_cache_tokens'))})")
+
+
 def rehearse(shape: str, tokenizer: str, base: Path, *, sigkill: bool = False, busy_check: bool = False,
-             save: Any = lambda _r: None) -> dict[str, Any]:
+             save: Any = lambda _r: None, mla_backends: str = MLA_BACKENDS) -> dict[str, Any]:
     s = SHAPES[shape]
     mdir = model_dir(shape, base)
     name = "dummy-" + shape.replace(".", "_")
     res: dict[str, Any] = {"shape": shape, "model": s["model"], "tp": s["tp"], "pp": s["pp"], "dtype": s["dtype"],
-                           "max_model_len": MAX_MODEL_LEN, "gpu_before": gpu_memory()}
+                           "expert_parallel": bool(s.get("ep")), "max_model_len": MAX_MODEL_LEN,
+                           "gpu_before": gpu_memory()}
+    try:
+        res["local_estimate"] = local_estimate(shape, mdir)
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the run
+        res["local_estimate"] = {"error": repr(exc)[:400]}
     save(res)
-    args = ["up", str(mdir), "--name", name, "--device", "gpu", "--dummy-weights", "--tp", str(s["tp"]),
-            "--pp", str(s["pp"]), "--max-model-len", str(MAX_MODEL_LEN), "--port", "auto", "--timeout", "600",
-            f"--vllm-arg=--tokenizer", f"--vllm-arg={tokenizer}", "--json"]
-    if s["dtype"] != "auto":
-        args += ["--dtype", s["dtype"]]
-    t0 = time.time()
-    up = dsagent(*args)
-    res["up_wall_s"] = round(time.time() - t0, 1)
-    res["up_rc"] = up.returncode
-    res["up_stderr_tail"] = up.stderr[-3000:]
+    up = _up(shape, mdir, name, tokenizer, res, [b for b in mla_backends.split(",") if b])
     try:
         dep = json.loads(up.stdout)
     except json.JSONDecodeError:
@@ -345,8 +422,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for shape in args.shapes.split(","):
         print(f"== {shape}", flush=True)
         r = rehearse(shape, args.tokenizer, base, sigkill=shape in (args.sigkill or "").split(","),
-                     busy_check=shape in (args.busy or "").split(","), save=save)
-        print(json.dumps({k: r.get(k) for k in ("up_rc", "up_wall_s", "held_after_stop_mib")}), flush=True)
+                     busy_check=shape in (args.busy or "").split(","), save=save, mla_backends=args.mla_backends)
+        print(json.dumps({k: r.get(k) for k in ("up_rc", "up_wall_s", "held_after_stop_mib", "attention_backend")}),
+              flush=True)
+        print(compare_line(r), flush=True)
         rec = (r.get("record") or {}).get("measured")
         print(f"   measured {rec}  vllm {r['vllm_log'].get('kv_cache_tokens')} tokens", flush=True)
         print(f"   throughput {json.dumps(r.get('throughput'))}", flush=True)
@@ -363,7 +442,8 @@ def _pct(est: float | None, meas: float | None) -> str:
 
 def summarize(run: dict[str, Any]) -> dict[str, Any]:
     """Estimate vs measured for the widest-loaded worker, plus the figures of the table."""
-    est = ((run.get("record") or {}).get("estimate") or {})
+    local = run.get("local_estimate") or {}
+    est = local if "detail" in local else ((run.get("record") or {}).get("estimate") or {})
     detail = est.get("detail") or {}
     log = run.get("vllm_log") or {}
     workers = log.get("workers") or {}
@@ -412,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--models", default="/tmp/rehearsal-models")
     r.add_argument("--sigkill", default="", help="shapes whose API server is SIGKILLed before stop")
     r.add_argument("--busy", default="", help="shapes during which `up` on the busy GPU 0 is tried")
+    r.add_argument("--mla-backends", default=MLA_BACKENDS, help="MLA shapes: VLLM_ATTENTION_BACKEND values tried in turn")
     r.add_argument("--out", required=True)
     r.set_defaults(func=cmd_run)
     p = sub.add_parser("report")

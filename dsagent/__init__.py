@@ -36,6 +36,7 @@ _EXPORTS = {
     "Deployment": "deploy.records",
     "FetchResult": "weights.fetch",
     "GpuPlan": "plan.budget",
+    "LayoutChoice": "plan.layouts",
     "LocalChatDeepSeek": "clients.chat",
     "LocalChatOpenAI": "clients.chat",
     "ModelSpec": "plan.catalog",
@@ -45,6 +46,7 @@ _EXPORTS = {
     "StopResult": "deploy.stop",
     "ask": "clients.recipes",
     "attach": "deploy.up",
+    "choose_layout": "plan.estimate",
     "estimate": "plan.estimate",
     "fetch": "weights.fetch",
     "local_deepseek": "clients.chat",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
     )
     from .plan.budget import CpuPlan, GpuPlan, plan_cpu, plan_gpu
     from .plan.catalog import ModelSpec, resolve
-    from .plan.estimate import estimate, recommend
+    from .plan.estimate import choose_layout, estimate, recommend
+    from .plan.layouts import LayoutChoice
     from .settings import Settings
     from .weights.fetch import FetchResult, fetch

@@ -270,3 +270,31 @@ def test_v026_matches_the_h100_rehearsal():
     assert q.weights_gib == pytest.approx(14.32, rel=0.01) and q.kv_cache_tokens == pytest.approx(1070576, rel=0.03)
     big = plan_gpu(L70, gpu_memory_gib=79.18, gpus=4, tp=2, pp=2, max_model_len=8192, vllm_version="0.26.0")
     assert big.weights_gib == pytest.approx(32.89, rel=0.01) and big.kv_cache_tokens == pytest.approx(507792, rel=0.03)
+
+
+def test_v0_small_cards_match_public_logs():
+    """Released V0 builds on small cards (docs/estimate.md, "V0 and small cards"): R1-Distill-Qwen-7B
+    on a V100-32GB (31.74 GiB), vLLM 0.7, util 0.9, 2048 tokens logged weights 14.27, activation
+    1.40, non-torch 0.09 GiB and 14,984 blocks of 16 (239,744 tokens); Qwen2.5-0.5B on a T4
+    (14.56 GiB), 0.6.6, 32768 tokens: 58,059 blocks (928,944 tokens). 0.6.4 keeps the dev build's
+    1.79 GiB of non-torch memory."""
+    v100 = plan_gpu(Q7, gpu_memory_gib=31.74, max_model_len=2048, vllm_version="0.7.2", gpu_memory_utilization=0.9)
+    w = v100.workers[0]
+    assert (round(w.activation_gib, 2), round(w.non_torch_gib, 2)) == (1.40, 0.09)
+    assert v100.kv_cache_tokens == pytest.approx(239_744, rel=0.01)
+    q05 = dict(Q7, hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+               intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=32768)
+    t4 = plan_gpu(q05, gpu_memory_gib=14.56, max_model_len=32768, vllm_version="0.6.6", gpu_memory_utilization=0.9)
+    assert t4.kv_cache_tokens == pytest.approx(928_944, rel=0.01)
+    assert plan_gpu(Q7, gpu_memory_gib=79.22, vllm_version="0.6.4", max_model_len=8192).workers[0].non_torch_gib == \
+        pytest.approx(1.79, abs=0.01)
+
+
+def test_v08_to_v010_on_volta_runs_v0():
+    """vLLM 0.8-0.10 falls back to the V0 engine below compute capability 8.0 (V100, T4): the 0.8.5
+    V100 log profiled 32768 tokens (4.35 GiB of activation), V0's way, not V1's 2048-token chunks."""
+    q = dict(Q7, max_position_embeddings=32768)
+    v100 = plan_gpu(q, gpu_memory_gib=31.74, max_model_len=32768, vllm_version="0.8.5", device_name="Tesla V100-SXM2-32GB")
+    a100 = plan_gpu(q, gpu_memory_gib=79.18, max_model_len=32768, vllm_version="0.8.5", device_name="NVIDIA A100-SXM4-80GB")
+    assert (v100.engine, a100.engine) == ("v0", "v1")
+    assert v100.workers[0].activation_gib == pytest.approx(4.35, abs=0.1)

@@ -22,13 +22,16 @@ PACKAGE = Path(dsagent.__file__).parent
 PUBLIC = [
     "AlreadyRunningError", "AmbiguousDeploymentError", "ChecksumError", "ConversionError", "CpuPlan", "Deployment",
     "DeploymentError", "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError",
-    "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "JoinError", "LocalChatDeepSeek",
+    "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "JoinError", "LayoutChoice",
+    "LocalChatDeepSeek",
     "LocalChatOpenAI", "ModelSpec", "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError",
     "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
-    "StreamTimeoutError", "UnknownModelError", "ask", "attach", "estimate", "fetch", "local_deepseek", "plan_cpu",
+    "StreamTimeoutError", "UnknownModelError", "ask", "attach", "choose_layout", "estimate", "fetch", "local_deepseek",
+    "plan_cpu",
     "plan_gpu", "recommend", "resolve", "status", "stop", "suggest_names", "translate", "up",
 ]
-FUNCTIONS = {"ask", "attach", "estimate", "fetch", "local_deepseek", "plan_cpu", "plan_gpu", "recommend", "resolve",
+FUNCTIONS = {"ask", "attach", "choose_layout", "estimate", "fetch", "local_deepseek", "plan_cpu", "plan_gpu", "recommend",
+             "resolve",
              "status", "stop", "suggest_names", "translate", "up"}
 
 # Each layer may import only from itself and the layers before it.

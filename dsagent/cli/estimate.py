@@ -14,6 +14,7 @@ from ..plan import estimate as planner
 from ..plan.budget import CpuPlan, GpuPlan, WorkerPlan
 from ..plan.catalog import resolve
 from ..plan.profiles import DEFAULT_VERSION
+from .estimate_layouts import render_choice
 
 __all__ = ["add_command", "render", "run"]
 
@@ -41,6 +42,11 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp8_e4m3, fp8_e5m2")
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument("--dp", type=int, help="data parallel replicas (each with its own KV cache)")
+    p.add_argument("--enable-expert-parallel", action="store_true",
+                   help="MoE models: whole experts per GPU over tp x dp ranks (vLLM's flag)")
+    p.add_argument("--goal", choices=("latency", "throughput"),
+                   help="compare TP/PP/DP layouts for one stream (latency) or many (throughput) and pick one")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -48,11 +54,15 @@ def add_command(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle ``dsagent estimate``: 0 when the plan fits, 1 when not; bad input raises ``InputError``."""
     spec = resolve(args.model)
+    if getattr(args, "goal", None):
+        return _goal(args, spec)
+    extra = {"dp": getattr(args, "dp", None), "expert_parallel": getattr(args, "enable_expert_parallel", False)}
     plan = planner.estimate(
         spec, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, tp=args.tp, pp=args.pp,
         max_model_len=args.max_model_len, nodes=args.nodes, gpu_memory_utilization=args.gpu_memory_utilization,
         vllm_version=args.vllm_version, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
-        block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+        block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        **{k: v for k, v in extra.items() if v})
     if isinstance(plan, CpuPlan):
         return _cpu(plan, spec.name, args.json)
     if args.json:
@@ -60,6 +70,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(plan, spec.name, assumed=args.vllm_version is None))
     return 0 if plan.fits else 1
+
+
+def _goal(args: argparse.Namespace, spec: Any) -> int:
+    """``--goal``: the layouts ranked for it, the nodes needed if none fits, the pick's plan."""
+    choice = planner.choose_layout(
+        spec, goal=args.goal, gpu_memory_gib=args.gpu_memory_gib, gpus=args.gpus, nodes=args.nodes,
+        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        vllm_version=args.vllm_version, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+        block_size=args.block_size, max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+    if args.json:
+        print(json.dumps({**choice.to_dict(), "model": spec.name}, indent=2))
+    else:
+        print(render_choice(choice, spec.name, render(choice.pick, spec.name) if choice.pick else ""))
+    return 0 if choice.pick else 1
 
 
 def _cpu(plan: CpuPlan, name: str, as_json: bool) -> int:
@@ -108,6 +132,9 @@ def render(plan: GpuPlan, name: str = "", *, assumed: bool = False) -> str:
                      f"{w.non_torch_gib:9.2f} {w.cuda_graph_gib:7.2f} {w.kv_cache_gib:9.2f}  |{_bar(w)}|")
     if plan.tp > 1:
         lines.append(f"(each stage row stands for its {plan.tp} TP ranks, GiB per GPU)")
+    if plan.dp > 1 or plan.expert_parallel:
+        lines.insert(1, f"data parallel {plan.dp} (KV tokens and concurrency per replica; {plan.total_concurrency:.2f}x "
+                        f"over all){', expert parallel over tp x dp' if plan.expert_parallel else ''}")
     lines += [f"reason: {r}" for r in plan.reasons]
     lines += [f"suggest: {s}" for s in plan.suggestions]
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import read_safetensors_header
+from . import moe
 
 __all__ = [
     "DTYPE_BYTES",
@@ -91,7 +92,11 @@ def pp_layer_split(layers: int, pp: int, partition: Sequence[int] | None = None)
 
 
 def kv_bytes_per_token(config: Mapping[str, Any], tp: int, layers: int, kv_dtype_bytes: int) -> int:
-    """KV-cache bytes per token on one GPU holding ``layers`` layers (MLA: one latent head)."""
+    """KV-cache bytes per token on one GPU holding ``layers`` layers.
+
+    MLA (DeepSeek-V2/V3/R1): vLLM's ``MLAAttentionSpec`` caches one latent "head" of
+    ``kv_lora_rank + qk_rope_head_dim`` elements (576) per layer, no K/V pair, no padding, and
+    every TP rank holds the whole latent cache (it is not split by TP)."""
     if config.get("kv_lora_rank"):
         width = int(config["kv_lora_rank"]) + int(config.get("qk_rope_head_dim", 64))
         return layers * width * kv_dtype_bytes
@@ -117,11 +122,18 @@ def _rope_cache_elems(config: Mapping[str, Any]) -> int:
 
 def stage_weight_bytes(
     config: Mapping[str, Any], *, tp: int, pp: int, stage: int, layers: int, dtype_bytes: int,
-    reserved: bool = False,
+    reserved: bool = False, first: int | None = None, dp: int = 1, expert_parallel: bool = False,
 ) -> int:
     """Weight bytes on one TP rank of pipeline ``stage`` holding ``layers`` decoder layers
-    (``reserved``: as the CUDA caching allocator reserves them, see ``_rounder``)."""
+    (``reserved``: as the CUDA caching allocator reserves them, see ``_rounder``). ``first``: the
+    stage's first layer (default: as ``pp_layer_split``); ``dp``/``expert_parallel`` matter for
+    DeepSeek MoE models only (``dsagent.plan.moe``)."""
     _alloc = _rounder(reserved)
+    if moe.is_deepseek(config):
+        if first is None:
+            first = sum(pp_layer_split(int(config["num_hidden_layers"]), pp)[:stage])
+        return moe.stage_bytes(config, tp=tp, pp=pp, stage=stage, first=first, layers=layers,
+                               dtype_bytes=dtype_bytes, alloc=_alloc, dp=dp, expert_parallel=expert_parallel)
     hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
     heads, hd = int(config["num_attention_heads"]), head_dim(config)
     kvr = kv_heads_per_rank(config, tp)
@@ -149,9 +161,13 @@ def stage_weight_bytes(
 
 
 def safetensors_stage_bytes(
-    directory: str | Path, config: Mapping[str, Any], *, tp: int, split: Sequence[int], dtype_bytes: int
+    directory: str | Path, config: Mapping[str, Any], *, tp: int, split: Sequence[int], dtype_bytes: int,
+    dp: int = 1, expert_parallel: bool = False, pp: int | None = None,
 ) -> list[int] | None:
-    """Exact weight bytes per TP rank of each stage from the safetensors headers, or None."""
+    """Exact weight bytes per TP rank of each stage from the safetensors headers, or None.
+
+    (Long: one branch per kind of tensor.) Layers at or past ``num_hidden_layers`` (DeepSeek's MTP
+    layer) are skipped, as vLLM's loader skips them without speculative decoding."""
     files = sorted(Path(directory).glob("*.safetensors"))
     if not files:
         return None
@@ -159,6 +175,7 @@ def safetensors_stage_bytes(
     starts = [sum(split[:i]) for i in range(pp)]
     vocab = int(config["vocab_size"])
     kv = kv_heads(config)
+    deepseek, layers = moe.is_deepseek(config), int(config["num_hidden_layers"])
     out = [0] * pp
     for file in files:
         for name, meta in read_safetensors_header(file).items():
@@ -180,10 +197,14 @@ def safetensors_stage_bytes(
                 continue
             if ".layers." in name:
                 idx = int(name.split(".layers.")[1].split(".")[0])
+                if idx >= layers:
+                    continue
                 stage = max(i for i in range(pp) if starts[i] <= idx)
             else:
                 stage = pp - 1
-            if any(k in name for k in ("k_proj", "v_proj")):
+            if deepseek:
+                share = moe.tensor_share(config, name, nbytes, tp=tp, dp=dp, expert_parallel=expert_parallel)
+            elif any(k in name for k in ("k_proj", "v_proj")):
                 share = nbytes * kv_heads_per_rank(config, tp) // kv
             elif any(k in name for k in ("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")) \
                     and not name.endswith("scale"):
@@ -191,5 +212,8 @@ def safetensors_stage_bytes(
             else:
                 share = nbytes
             out[stage] += share
+    if deepseek:
+        copy = moe.dequant_copy_bytes(config, tp, dtype_bytes)
+        return [b + moe.rope_bytes(config, dtype_bytes) + copy * n for b, n in zip(out, split)]
     rope = _rope_cache_elems(config) * dtype_bytes
     return [b + rope for b in out]

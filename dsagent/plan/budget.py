@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DoesNotFitError, InvalidOptionError, ParallelismError
+from . import moe
 from . import profiles as ev
 from .arch import (
     DTYPE_BYTES,
@@ -58,8 +59,8 @@ def cpu_context(limit: int | None, asked: int | None = None) -> int:
     return asked or min(limit or CPU_DEFAULT_MAX_MODEL_LEN, CPU_DEFAULT_MAX_MODEL_LEN)
 
 
-def check_layout(config: Mapping[str, Any], tp: int = 1, pp: int = 1, gpus: int | None = None) -> None:
-    """Refuse a TP/PP layout the way vLLM would, before launch.
+def check_layout(config: Mapping[str, Any], tp: int = 1, pp: int = 1, gpus: int | None = None, dp: int = 1) -> None:
+    """Refuse a TP/PP(/DP) layout the way vLLM would, before launch.
 
     >>> check_layout({"num_attention_heads": 9, "num_hidden_layers": 30}, tp=3)
     """
@@ -93,10 +94,10 @@ def check_layout(config: Mapping[str, Any], tp: int = 1, pp: int = 1, gpus: int 
             tp=tp,
             pp=pp,
         )
-    if gpus is not None and tp * pp > gpus:
+    if gpus is not None and tp * pp * dp > gpus:
         raise ParallelismError(
-            f"--tp {tp} x --pp {pp} needs {tp * pp} GPUs but {gpus} are visible",
-            "lower --tp/--pp, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
+            f"--tp {tp} x --pp {pp}{f' x --dp {dp}' if dp > 1 else ''} needs {tp * pp * dp} GPUs but {gpus} are visible",
+            "lower --tp/--pp/--dp, or make more GPUs visible (CUDA_VISIBLE_DEVICES)",
             tp=tp,
             pp=pp,
         )
@@ -163,6 +164,12 @@ class GpuPlan:
     weights_source: str = "architecture"
     suggestions: tuple[str, ...] = field(default=())
     nodes: int = 1
+    dp: int = 1  # data-parallel replicas, each with its own KV cache (kv_cache_tokens is one replica's)
+    expert_parallel: bool = False
+
+    @property
+    def total_concurrency(self) -> float:  # requests of max_model_len all replicas hold at once
+        return round(self.dp * self.max_concurrency, 2)
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON contract of ``dsagent estimate --json``."""
@@ -216,30 +223,35 @@ def plan_gpu(
     enforce_eager: bool = False,
     pp_partition: Sequence[int] | None = None,
     device_name: str = "",
+    dp: int = 1,
+    expert_parallel: bool = False,
 ) -> GpuPlan:
     """Plan one deployment; never raises for "does not fit" (see ``fits``/``reasons``).
 
     (Long only in its signature: one keyword per vLLM option the plan models.) Raises ``ParallelismError`` for layouts vLLM refuses outright and ``InvalidOptionError`` for
     bad values.
     """
-    check_layout(config, tp, pp, gpus)
-    profile = ev.profile_for(vllm_version)
+    check_layout(config, tp, pp, gpus, dp)
+    moe.check_parallel(config, tp=tp, dp=dp, expert_parallel=expert_parallel)
+    profile = ev.profile_for(vllm_version, device_name)
     util = gpu_memory_utilization or profile.default_utilization
     if not 0 < util <= 1:
         raise InvalidOptionError(f"--gpu-memory-utilization {util} is outside (0, 1]", "use a value such as 0.9",
                                  option="--gpu-memory-utilization", value=util)
     limit = int(config.get("max_position_embeddings") or 0) or None
     length = int(max_model_len or limit or 4096)
-    bs = int(block_size or profile.block_size)
+    bs = int(block_size or ev.kv_block_size(profile, mla=bool(config.get("kv_lora_rank"))))
     dbytes = _dtype_bytes(config, dtype)
     kvb = _kv_bytes(kv_cache_dtype, dbytes)
     tokens_b, seqs = ev.batch_defaults(profile, gpu_memory_gib, length, device_name)
     tokens_b, seqs = int(max_num_batched_tokens or tokens_b), int(max_num_seqs or seqs)
     split = pp_layer_split(int(config["num_hidden_layers"]), pp, pp_partition)
-    exact = safetensors_stage_bytes(model_dir, config, tp=tp, split=split, dtype_bytes=dbytes) if model_dir else None
+    par = {"tp": tp, "pp": pp, "dp": dp, "expert_parallel": expert_parallel}
+    exact = safetensors_stage_bytes(model_dir, config, split=split, dtype_bytes=dbytes, **par) if model_dir else None
     requested = gpu_memory_gib * GIB * util
     workers = [
-        _worker(config, profile, stage=stage, layers=layers, tp=tp, pp=pp, total_gib=gpu_memory_gib,
+        _worker(config, profile, stage=stage, layers=layers, first=sum(split[:stage]), par=par,
+                total_gib=gpu_memory_gib,
                 requested=requested, weights=exact[stage] if exact else None, dtype_bytes=dbytes, kv_bytes=kvb,
                 block_size=bs, batched_tokens=tokens_b, max_num_seqs=seqs, enforce_eager=enforce_eager)
         for stage, layers in enumerate(split)
@@ -248,7 +260,7 @@ def plan_gpu(
     kv_tokens = num_blocks * bs
     fit_len = min(kv_tokens, limit) if limit else kv_tokens
     reasons = _reasons(workers, length=length, limit=limit, block_size=bs, fit_len=fit_len,
-                       free_memory_gib=list(free_memory_gib or [])[: tp * pp], requested=requested, util=util,
+                       free_memory_gib=list(free_memory_gib or [])[: tp * pp * dp], requested=requested, util=util,
                        gpu_memory_gib=gpu_memory_gib)
     return GpuPlan(
         fits=not reasons, weights_gib=round(max(w.weights_gib for w in workers), 4),
@@ -258,21 +270,25 @@ def plan_gpu(
         vllm_version=".".join(map(str, profile.version)), engine=profile.engine, block_size=bs,
         kv_cache_dtype_bytes=kvb, max_num_batched_tokens=tokens_b, max_num_seqs=seqs,
         workers=tuple(workers), reasons=tuple(reasons),
-        weights_source="safetensors" if exact else "architecture",
+        weights_source="safetensors" if exact else "architecture", dp=dp, expert_parallel=expert_parallel,
     )
 
 
-def _worker(config: Mapping[str, Any], profile: ev.VllmProfile, *, stage: int, layers: int, tp: int, pp: int,
-            total_gib: float, requested: float, weights: int | None, dtype_bytes: int, kv_bytes: int,
+def _worker(config: Mapping[str, Any], profile: ev.VllmProfile, *, stage: int, layers: int, first: int,
+            par: Mapping[str, Any], total_gib: float, requested: float, weights: int | None, dtype_bytes: int,
+            kv_bytes: int,
             block_size: int, batched_tokens: int, max_num_seqs: int, enforce_eager: bool) -> WorkerPlan:
     """The budget of one TP rank of pipeline ``stage``: what is left for the KV cache, in blocks."""
+    tp, pp = int(par["tp"]), int(par["pp"])
     if weights is None:
-        weights = stage_weight_bytes(config, tp=tp, pp=pp, stage=stage, layers=layers, dtype_bytes=dtype_bytes,
-                                     reserved=profile.weights_reserved)
+        weights = stage_weight_bytes(config, stage=stage, layers=layers, dtype_bytes=dtype_bytes, first=first,
+                                     reserved=profile.weights_reserved, **par)
     act = ev.activation_bytes(profile, hidden=int(config["hidden_size"]),
                               inter_per_rank=-(-int(config["intermediate_size"]) // tp),
                               vocab=pad_vocab(int(config["vocab_size"]), 1), batched_tokens=batched_tokens,
-                              max_num_seqs=max_num_seqs, dtype_bytes=dtype_bytes, last_stage=stage == pp - 1)
+                              max_num_seqs=max_num_seqs, dtype_bytes=dtype_bytes, last_stage=stage == pp - 1,
+                              extra_forward=moe.moe_forward_bytes(config, tokens=batched_tokens, dtype_bytes=dtype_bytes,
+                              moe_ranks=tp * par["dp"], expert_parallel=par["expert_parallel"]))
     non_torch = ev.non_torch_bytes(profile, tp, pp)
     graphs = ev.cudagraph_bytes(layers, enforce_eager)
     kv = requested - weights - act - non_torch - (graphs if profile.cudagraph_in_budget else 0)

@@ -75,6 +75,44 @@ def _qwen2(hidden: int, layers: int, heads: int, kv: int, inter: int, vocab: int
 
 _R1 = "DeepSeek-R1 reasoning distilled into {base}; answers after a <think> block."
 
+
+def _deepseek_v3(**kw: Any) -> dict[str, Any]:
+    """config.json of DeepSeek-V3 / R1 / R1-0528 / V3.1 (one architecture: 671B, MLA, 256 experts, FP8)."""
+    cfg: dict[str, Any] = {
+        "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "hidden_size": 7168,
+        "intermediate_size": 18432, "moe_intermediate_size": 2048, "num_hidden_layers": 61,
+        "num_attention_heads": 128, "num_key_value_heads": 128, "n_routed_experts": 256, "n_shared_experts": 1,
+        "num_experts_per_tok": 8, "first_k_dense_replace": 3, "moe_layer_freq": 1, "n_group": 8, "topk_group": 4,
+        "topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True, "routed_scaling_factor": 2.5,
+        "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+        "v_head_dim": 128, "vocab_size": 129280, "max_position_embeddings": 163840, "num_nextn_predict_layers": 1,
+        "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 10000, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 1, "attention_bias": False,
+        "rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                         "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096},
+        "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                "weight_block_size": [128, 128]},
+    }
+    cfg.update(kw)
+    return cfg
+
+
+_V2_LITE = {
+    "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
+    "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "num_key_value_heads": 16, "n_routed_experts": 64, "n_shared_experts": 2, "num_experts_per_tok": 6,
+    "first_k_dense_replace": 1, "moe_layer_freq": 1, "n_group": 1, "topk_group": 1, "topk_method": "greedy",
+    "scoring_func": "softmax", "norm_topk_prob": False, "routed_scaling_factor": 1.0, "q_lora_rank": None,
+    "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "vocab_size": 102400,
+    "max_position_embeddings": 163840, "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 10000,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 100000, "eos_token_id": 100001,
+    "attention_bias": False, "aux_loss_alpha": 0.001,
+    "rope_scaling": {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                     "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096},
+}
+_FULL = ("{what}: 671B MoE (37B active), MLA, FP8 block-quantised weights (~628 GiB); needs a node of 8 H200 "
+         "or two of 8 H100.")
+
 CATALOG: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="smollm2-135m-instruct",
@@ -136,6 +174,15 @@ CATALOG: tuple[ModelSpec, ...] = (
         config=_llama(8192, 80, 64, 8, 28672, 128256),
         description=_R1.format(base="Llama-3.3-70B-Instruct"),
     ),
+    ModelSpec(name="deepseek-r1", source="hub", repo_id="deepseek-ai/DeepSeek-R1", reasoning=True,
+              config=_deepseek_v3(), description=_FULL.format(what="DeepSeek-R1, the full reasoning model")),
+    ModelSpec(name="deepseek-r1-0528", source="hub", repo_id="deepseek-ai/DeepSeek-R1-0528", reasoning=True,
+              config=_deepseek_v3(), description=_FULL.format(what="DeepSeek-R1-0528, the May 2025 R1 update")),
+    ModelSpec(name="deepseek-v3", source="hub", repo_id="deepseek-ai/DeepSeek-V3",
+              config=_deepseek_v3(), description=_FULL.format(what="DeepSeek-V3, the chat model")),
+    ModelSpec(name="deepseek-v2-lite-chat", source="hub", repo_id="deepseek-ai/DeepSeek-V2-Lite-Chat",
+              config=_V2_LITE, description="DeepSeek-V2-Lite-Chat: 16B MoE (2.4B active), MLA, bf16 (~29 GiB); "
+                                           "one 40 GB+ GPU."),
 )
 
 DEFAULT_CPU_MODEL = "smollm2-135m-instruct"

@@ -19,10 +19,12 @@ from typing import Any
 from ..errors import InvalidOptionError, ParallelismError
 from ..settings import Settings
 from ..system import gpus as machine
+from .arch import stage_weight_bytes
 from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu
 from .catalog import CATALOG, ModelSpec, resolve
+from .layouts import NEAR, LayoutChoice, compare_layouts, token_read_gib
 
-__all__ = ["estimate", "recommend", "smaller_models"]
+__all__ = ["choose_layout", "estimate", "recommend", "smaller_models"]
 
 
 def _layouts(config: Mapping[str, Any], gpus: int, nodes: int = 1) -> list[tuple[int, int]]:
@@ -56,10 +58,12 @@ def recommend(config: Mapping[str, Any], *, gpu_memory_gib: float, gpus: int, ma
     if not plans:
         raise ParallelismError(f"no TP/PP layout of this model spreads evenly over {nodes} node(s) of {gpus} GPUs",
                                "make more GPUs visible, or use fewer nodes")
-    # Prefer fitting, then concurrency, then fewer GPUs.
+    # Prefer fitting, then concurrency, then fewer GPUs; within 10 % of the most concurrency, the
+    # fastest stream (an MLA model holds most requests at PP = GPUs, one GPU per stage: slow streams).
     best = max(plans, key=lambda p: (p.fits, p.max_concurrency, -p.tp * p.pp))
     if best.fits:
-        return best
+        near = [p for p in plans if p.fits and p.max_concurrency >= NEAR * best.max_concurrency]
+        return min(near, key=lambda p: (round(token_read_gib(config, p), 2), -p.max_concurrency, p.tp * p.pp))
     hints: list[str] = []
     fit_len = max(plans, key=lambda p: p.max_model_len_fit)
     if fit_len.max_model_len_fit >= 1024:
@@ -99,7 +103,11 @@ def recommend_quiet(config: Mapping[str, Any], gpu_memory_gib: float, gpus: int,
 
 
 def _size(config: Mapping[str, Any]) -> int:
-    return int(config.get("hidden_size", 0)) * int(config.get("num_hidden_layers", 0))
+    """Weight bytes on one GPU (a MoE model is as large as all its experts, not its hidden size)."""
+    if not config.get("hidden_size"):
+        return 0
+    layers = int(config["num_hidden_layers"])
+    return stage_weight_bytes(config, tp=1, pp=1, stage=0, layers=layers, dtype_bytes=2)
 
 
 def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
@@ -108,6 +116,29 @@ def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
         return []
     family = [s for s in CATALOG if s.reasoning and s.config and s.name != spec.name and _size(s.config) < _size(spec.config)]
     return [(s.name, s.config) for s in sorted(family, key=lambda s: -_size(s.config))]
+
+
+def choose_layout(model: str | ModelSpec, *, goal: str, gpu_memory_gib: float | None = None,
+                  gpus: int | None = None, nodes: int = 1, settings: Settings | None = None,
+                  **options: Any) -> LayoutChoice:
+    """``dsagent estimate --goal``: every layout of ``model`` on these GPUs ranked for ``goal``
+    (``latency`` or ``throughput``, see ``dsagent.plan.layouts``); the visible GPUs unless described."""
+    spec = model if isinstance(model, ModelSpec) else resolve(model)
+    if not spec.config:
+        raise InvalidOptionError(f"no architecture known offline for {spec.repo_id or spec.name!r}",
+                                 "download it first (`dsagent fetch`) or pass a folder that holds its config.json",
+                                 option="MODEL", value=spec.repo_id or spec.name)
+    free, name = None, ""
+    if gpu_memory_gib is None:
+        seen = machine.visible_gpus(settings=settings)
+        if not seen:
+            raise InvalidOptionError("no GPU is visible here, so there is no layout to choose",
+                                     "pass --gpu-memory-gib and --gpus to plan for another machine",
+                                     option="--gpu-memory-gib")
+        gpu_memory_gib, free, name = min(g.total_gib for g in seen), [g.free_gib for g in seen], seen[0].name
+        gpus = gpus or len(seen)
+    return compare_layouts(spec.config, goal=goal, gpu_memory_gib=gpu_memory_gib, gpus=gpus or 1, nodes=nodes,
+                           free_memory_gib=free, model_dir=spec.path, device_name=name, **options)
 
 
 def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpus: int | None = None,
@@ -141,16 +172,18 @@ def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpu
                                  "use the GPU's memory, e.g. 79.18 for an H100", option="--gpu-memory-gib",
                                  value=gpu_memory_gib)
     kw = dict(options, free_memory_gib=free, model_dir=spec.path, device_name=name)
-    if not (tp or pp):
+    if not (tp or pp or kw.get("dp", 1) > 1):
+        kw = {k: v for k, v in kw.items() if k not in {"dp", "expert_parallel"}}
         return recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=gpus or 1, max_model_len=max_model_len,
                          smaller_models=smaller_models(spec), nodes=nodes, **kw)
-    tp, pp = tp or 1, pp or 1
-    check_nodes(tp, pp, 1, nodes)  # the rule the launch applies
-    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=(gpus or tp * pp // nodes) * nodes, tp=tp,
+    tp, pp, dp = tp or 1, pp or 1, int(kw.get("dp") or 1)
+    check_nodes(tp, pp, dp, nodes)  # the rule the launch applies
+    plan = plan_gpu(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=(gpus or tp * pp * dp // nodes) * nodes, tp=tp,
                     pp=pp, max_model_len=max_model_len, **kw)
     plan = replace(plan, nodes=nodes)
     if plan.fits:
         return plan
-    hint = recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=max(gpus or 0, tp * pp),
-                     max_model_len=max_model_len, smaller_models=smaller_models(spec), **kw)
+    hint = recommend(spec.config, gpu_memory_gib=gpu_memory_gib, gpus=max(gpus or 0, tp * pp * dp),
+                     max_model_len=max_model_len, smaller_models=smaller_models(spec),
+                     **{k: v for k, v in kw.items() if k not in {"dp", "expert_parallel"}})
     return replace(plan, suggestions=hint.suggestions or ((f"--tp {hint.tp} --pp {hint.pp} fits",) if hint.fits else ()))

@@ -56,10 +56,15 @@ class VllmProfile:
     weights_reserved: bool = False     # v0.26+: weights logged as reserved memory (2 MiB granules)
 
 
-# V0 (before 0.8): cuBLAS, NCCL and the profile run's leftovers showed as 1.79 GiB of non-torch memory.
-_V0 = dict(engine="v0", activation_base_gib=0.48, sampler_copies=3.0, non_torch_tp1_gib=1.79,
-           non_torch_tp_gib=1.79, non_torch_per_rank_gib=0.0, non_torch_pp_only_gib=1.79,
+# V0 (before 0.8). The profile run's sampler over 256 dummy sequences peaks at ~6.35 fp32
+# copies of 256 x vocab logits: 1.40 GiB at 2048 tokens for R1-Distill-Qwen-7B on a V100 (0.7),
+# 1.26 GiB for Llama-3-8B at TP 1 and TP 2 alike (H100), so not the TP-split MLP. Non-torch memory:
+# 0.01-0.11 GiB at TP 1 in released V0 builds on V100/T4/4090 (0.6.6-0.8.5); the Dec 2024 dev
+# build of vLLM PR #10511 logged 1.79 at TP 1 and 3.58 at TP 2 on H100 (kept for <= 0.6.4).
+_V0 = dict(engine="v0", activation_base_gib=0.48, sampler_copies=6.35, non_torch_tp1_gib=0.09,
+           non_torch_tp_gib=0.55, non_torch_per_rank_gib=0.0, non_torch_pp_only_gib=0.09,
            cudagraph_in_budget=False, default_utilization=0.9)
+_V0_DEV = {**_V0, "non_torch_tp1_gib": 1.79, "non_torch_tp_gib": 3.58, "non_torch_pp_only_gib": 1.79}
 # V1 0.8-0.16; 0.11-0.16 logged 4.8-5.6 GiB of activation on H100: a much larger sampler warm-up.
 _V1_EARLY = dict(engine="v1", activation_base_gib=0.3, non_torch_tp1_gib=0.25, non_torch_tp_gib=0.55,
                  non_torch_per_rank_gib=0.0, non_torch_pp_only_gib=0.07, cudagraph_in_budget=False,
@@ -78,16 +83,31 @@ _V1_026 = dict(engine="v1", activation_base_gib=0.2, sampler_copies=2.3, non_tor
                weights_reserved=True)
 
 
-def profile_for(version: str | None) -> VllmProfile:
-    """The constants for ``version`` (default: ``DEFAULT_VERSION``)."""
+PRE_AMPERE = ("v100", "t4", "2080", "titan v", "titan rtx", "quadro rtx", "rtx 6000", "rtx 8000", "p100", "p40")
+"""GPUs below compute capability 8.0: vLLM 0.8-0.10 runs them on the V0 engine (V1 needs 8.0+)."""
+
+
+def profile_for(version: str | None, device_name: str = "") -> VllmProfile:
+    """The constants for ``version`` (default: ``DEFAULT_VERSION``) on the GPU named ``device_name``.
+
+    >>> profile_for("0.9.2", "Tesla V100-SXM2-32GB").engine, profile_for("0.9.2", "NVIDIA H100").engine
+    ('v0', 'v1')
+    """
     v = parse_version(version or DEFAULT_VERSION)
-    if v < (0, 8, 0):
+    if (0, 8, 0) <= v < (0, 11, 0) and any(k in device_name.lower() for k in PRE_AMPERE):
         return VllmProfile(v, **_V0)  # type: ignore[arg-type]
+    if v < (0, 8, 0):
+        return VllmProfile(v, **(_V0_DEV if v < (0, 6, 5) else _V0))  # type: ignore[arg-type]
     if v < (0, 17, 0):
         return VllmProfile(v, sampler_copies=9.3 if v >= (0, 11, 0) else 3.27, **_V1_EARLY)  # type: ignore[arg-type]
     if v >= (0, 26, 0):
         return VllmProfile(v, **_V1_026)  # type: ignore[arg-type]
     return VllmProfile(v, cudagraph_in_budget=v >= (0, 21, 0), **_V1)  # type: ignore[arg-type]
+
+
+def kv_block_size(profile: VllmProfile, *, mla: bool) -> int:
+    """Tokens per KV block: MLA models get FlashMLA on CUDA by default, which forces 64 (0.7.3 on)."""
+    return 64 if mla and profile.version >= (0, 7, 3) else profile.block_size
 
 
 def batch_defaults(profile: VllmProfile, gpu_total_gib: float, max_model_len: int,
@@ -102,9 +122,10 @@ def batch_defaults(profile: VllmProfile, gpu_total_gib: float, max_model_len: in
 
 
 def activation_bytes(profile: VllmProfile, *, hidden: int, inter_per_rank: int, vocab: int,
-                     batched_tokens: int, max_num_seqs: int, dtype_bytes: int, last_stage: bool) -> int:
-    """Peak torch memory of the profile run on one GPU."""
-    forward = batched_tokens * (2 * hidden + 3 * inter_per_rank) * dtype_bytes
+                     batched_tokens: int, max_num_seqs: int, dtype_bytes: int, last_stage: bool,
+                     extra_forward: int = 0) -> int:
+    """Peak torch memory of the profile run on one GPU (``extra_forward``: a MoE layer's peak, if larger)."""
+    forward = max(batched_tokens * (2 * hidden + 3 * inter_per_rank) * dtype_bytes, extra_forward)
     logit_bytes = dtype_bytes if profile.sampler_model_dtype else 4
     sampler = profile.sampler_copies * min(max_num_seqs, batched_tokens) * vocab * logit_bytes if last_stage else 0
     return int(profile.activation_base_gib * GIB + max(forward, sampler))
