@@ -151,7 +151,7 @@ def _env_reads(path: Path) -> set[str]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "getenv") \
                 and node.args and isinstance(node.args[0], ast.Constant):
             key = node.args[0].value
-        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Constant):
             key = node.slice.value
         if isinstance(key, str) and re.fullmatch(r"[A-Z][A-Z0-9_]{3,}", key):
             names.add(key)
