@@ -2,6 +2,7 @@
 # Steps of the GPU rehearsal on the lent GPU machine (see docs/gpu-rehearsal.md).
 #   gpu_device.sh part1   .gpu/vllm/p1 + .gpu/whl.tgz carried: stage, start the streaming unpack
 #   gpu_device.sh part N  .gpu/vllm/pN carried (N=2,3): stage it
+#   gpu_device.sh mnode OUT [ROUNDS] [--by-hand]: two nodes of one GPU each (benchmarks/multinode_gpu.py)
 #   gpu_device.sh run OUT SHAPES [SIGKILL_SHAPES] [BUSY_SHAPES]: wait for the unpack, rehearse
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,6 +32,14 @@ run)
     --out "$2/rehearsal.json"
   rc=$?
   tar czf "$2/logs.tgz" -C /tmp/dsh logs deployments 2>/dev/null
+  nvidia-smi --query-gpu=index,memory.used --format=csv
+  exit $rc
+  ;;
+mnode)
+  for _ in $(seq 300); do [ -e /tmp/site.done ] || [ -e /tmp/site.failed ] && break; sleep 1; done
+  [ -e /tmp/site.done ] || { echo "unpack failed"; cat /tmp/unpack.log; exit 1; }
+  python3 benchmarks/multinode_gpu.py --tokenizer /tmp/stage/tok --out "$2/multinode.json" --rounds "${3:-stop,kill}" ${4:-}
+  rc=$?
   nvidia-smi --query-gpu=index,memory.used --format=csv
   exit $rc
   ;;

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
                     vllm_version=args.vllm_version or "", fingerprint=args.fingerprint or "",
                     max_model_len=args.max_model_len, dtype=args.dtype, dummy_weights=args.dummy_weights,
                     kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
-                    token=args.token or "")
+                    token=args.token or "", tokenizer=args.tokenizer)
     options = ServeOptions(device=args.device or detect_device(), cpus=args.cpus)
     dep = join(spec, options=options, settings=settings(), master_timeout=args.timeout, on_step=Progress().step)
     if args.json:
@@ -51,6 +51,7 @@ def add_command(sub: Any) -> None:
     p.add_argument("--dummy-weights", action="store_true")
     p.add_argument("--kv-cache-gib", type=int, help="CPU KV-cache size (the head's)")
     p.add_argument("--gpu-memory-utilization", type=float, help="the head's share of each GPU")
+    p.add_argument("--tokenizer", help="the head's tokenizer folder (the same path here)")
     p.add_argument("--token", help="the deployment's secret for this node's reports to the head")
     p.add_argument("--device", choices=("cpu", "gpu"))
     p.add_argument("--cpus", type=cpu_list, help="CPU cores this node's workers may use (CPU only)")

@@ -53,6 +53,8 @@ class JoinSpec:
     kv_cache_gib: int | None = None
     """CPU: the head's KV-cache size (every node holds the same share of layers' cache)."""
     gpu_memory_utilization: float | None = None
+    tokenizer: str | None = None
+    """The head's ``--tokenizer`` folder (the same path on every node, as the model's)."""
     token: str = ""
     """The deployment's secret for this node's reports to the head (``rollcall``)."""
 
@@ -70,6 +72,7 @@ def join_command(dep: Deployment, spec: JoinSpec) -> str:
     argv += ["--dummy-weights"] if spec.dummy_weights else []
     argv += ["--kv-cache-gib", str(spec.kv_cache_gib)] if spec.kv_cache_gib else []
     argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)] if spec.gpu_memory_utilization else []
+    argv += ["--tokenizer", spec.tokenizer] if spec.tokenizer else []
     argv += ["--token", spec.token] if spec.token else []
     return shlex.join(argv)
 
@@ -114,7 +117,8 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
     o = replace(options or ServeOptions(), tp=spec.tp, pp=spec.pp, dp=spec.dp, nodes=spec.nodes,
                 node_rank=spec.node_rank, node_ip=ip, master_addr=host, master_port=port,
                 max_model_len=spec.max_model_len, dtype=spec.dtype, dummy_weights=spec.dummy_weights,
-                kv_cache_gib=spec.kv_cache_gib, gpu_memory_utilization=spec.gpu_memory_utilization)
+                kv_cache_gib=spec.kv_cache_gib, gpu_memory_utilization=spec.gpu_memory_utilization,
+                tokenizer=spec.tokenizer)
     check_compiler(o)
     version = engine_version(settings, o.device)
     if spec.vllm_version and version != spec.vllm_version:

@@ -160,7 +160,7 @@ def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Se
     record.nodes = [{"rank": 0, "ip": ip}]
     for rank in range(1, record.nodes_total):
         peer = peers[rank - 1] if rank - 1 < len(peers) else None
-        cmd = join_command(record, JoinSpec(token=record.token,
+        cmd = join_command(record, JoinSpec(token=record.token, tokenizer=argv_flag(record.argv, "--tokenizer"),
             head=record.master, node_rank=rank, model=_model_ref(spec),
             nodes=record.nodes_total, tp=record.tp, pp=record.pp, dp=record.dp, node_ip=peer,
             head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
