@@ -83,7 +83,7 @@ def _preflight_gpu(config: dict[str, Any], spec: ModelSpec, opts: ServeOptions, 
         return opts, {}
     check_layout(config, opts.tp, opts.pp, gpus=len(gpus) * opts.nodes)  # the same GPUs on every node
     used = gpus[: opts.tp * opts.pp // opts.nodes]
-    kwargs = dict(gpu_memory_gib=min(g.total_gib for g in used), gpus=len(gpus), tp=opts.tp, pp=opts.pp,
+    kwargs = dict(gpu_memory_gib=min(g.total_gib for g in used), gpus=len(gpus) * opts.nodes, tp=opts.tp, pp=opts.pp,
                   gpu_memory_utilization=opts.gpu_memory_utilization, vllm_version=vllm_version,
                   dtype=None if opts.dtype == "auto" else opts.dtype, free_memory_gib=[g.free_gib for g in used],
                   enforce_eager=bool(opts.enforce_eager), device_name=used[0].name,
