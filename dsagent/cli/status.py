@@ -38,7 +38,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{r['name']}: {r['state']}  {r['base_url']}  pid {r['pid'] or '-'}  KV used {kv}  running {running}"
               + (f"\n  reason: {r['reason']}" if r["reason"] else ""))
         for n in r.get("nodes", []):
-            kv = f"  KV tokens {n['kv_tokens']:,}" if n.get("kv_tokens") else ""
+            kv = (f"  KV tokens {n['kv_tokens']:,}" if n.get("kv_tokens") else "") + (
+                f"  KV cache {n['kv_cache_gib']:.1f} GiB" if n.get("kv_cache_gib") else "")
             gpus = f"  GPUs {n['gpus']}" if n.get("gpus") else ""
             print(f"  node {n['rank']} {n['ip'] or '?'}: {n['state']}{kv}{gpus}"
                   + (f"\n    {n['reason']}" if n.get("reason") else ""))

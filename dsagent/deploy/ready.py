@@ -40,6 +40,7 @@ _FATAL = re.compile(
     re.MULTILINE,
 )
 _CAPACITY = re.compile(r"(?:CPU|GPU) KV cache size: ([\d,]+) tokens")
+_KV_MEMORY = re.compile(r"Available KV cache memory: ([\d.]+) GiB")
 _CONCURRENCY = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
 
 
@@ -92,8 +93,11 @@ def failure_reason(text: str) -> str:
 
 
 def parse_capacity(text: str) -> dict[str, float]:
-    """KV capacity as the server logged it (``kv_cache_tokens``, ``max_concurrency``)."""
+    """KV capacity as the server logged it (``kv_cache_tokens``, ``max_concurrency``; on GPUs
+    ``kv_cache_gib``, this process's workers' KV memory, which a headless node logs too)."""
     out: dict[str, float] = {}
+    if found := _KV_MEMORY.findall(text):
+        out["kv_cache_gib"] = float(found[-1])
     if m := _CAPACITY.search(text):
         out["kv_cache_tokens"] = int(m.group(1).replace(",", ""))
     if m := _CONCURRENCY.search(text):

@@ -42,6 +42,7 @@ class NodeReport:
     reason: str = ""
     log_tail: str = ""
     kv_tokens: int | None = None
+    kv_cache_gib: float | None = None
     gpus: str = ""
     at: float = 0.0
 

@@ -17,7 +17,7 @@ import httpx
 from ..errors import NoDeploymentError
 from ..settings import Settings
 from ..system.procs import MARK, ProcInfo, leader_alive, processes_of, vllm_processes
-from .ready import log_tail, start_state
+from .ready import log_tail, parse_capacity, start_state
 from .records import Deployment, list_all, load
 from .rollcall import load_reports
 from .state import State
@@ -129,11 +129,12 @@ def _nodes(dep: Deployment, state: State, settings: Settings | None) -> list[dic
         rank = node["rank"]
         row: dict[str, Any] = {"rank": rank, "ip": node.get("ip", ""), "state": str(state)}
         if rank == 0:
-            row.update(kv_tokens=dep.measured.get("kv_cache_tokens"), gpus=dep.gpus)
+            cap = parse_capacity(log_tail(dep.log_file, 2000)) if state == State.READY else {}
+            row.update(kv_tokens=cap.get("kv_cache_tokens"), kv_cache_gib=cap.get("kv_cache_gib"), gpus=dep.gpus)
         elif (r := reports.get(rank)) is not None:
             stale = state.running and r.state != "failed" and time.time() - r.at > LOST
             row.update(ip=r.ip or row["ip"], state="lost" if stale else r.state if state.running or r.state == "failed"
-                       else str(state), kv_tokens=r.kv_tokens, gpus=r.gpus, reason=r.reason, log_tail=r.log_tail)
+                       else str(state), kv_tokens=r.kv_tokens, kv_cache_gib=r.kv_cache_gib, gpus=r.gpus, reason=r.reason, log_tail=r.log_tail)
         else:
             row["state"] = "ready" if state == State.READY else ("joining" if state.running else str(state))
         out.append(row)

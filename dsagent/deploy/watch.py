@@ -87,10 +87,11 @@ def _mine(settings: Settings, name: str, started: float) -> Deployment | None:
 def _report(dep: Deployment, state: str, reason: str = "", tail: str = "") -> None:
     if not dep.token:
         return
-    kv = parse_capacity(log_tail(dep.log_file, 2000)).get("kv_cache_tokens")
+    cap = parse_capacity(log_tail(dep.log_file, 2000))
     send_report(dep.master, dep.token, NodeReport(
         rank=dep.node_rank, ip=dep.env.get("VLLM_HOST_IP", ""), state=state, reason=reason, log_tail=tail,
-        kv_tokens=int(kv) if kv else None, gpus=dep.gpus))
+        kv_tokens=int(cap["kv_cache_tokens"]) if "kv_cache_tokens" in cap else None,
+        kv_cache_gib=cap.get("kv_cache_gib"), gpus=dep.gpus))
 
 
 def watch(name: str, settings: Settings, *, grace: float = GRACE, interval: float = 1.0) -> State:
