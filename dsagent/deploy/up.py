@@ -24,7 +24,8 @@ from ..system.ports import check_port, free_port, is_local_address, port_is_free
 from ..system.procs import port_owner
 from ..weights.fetch import fetch
 from .join import JoinSpec, join_command
-from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
+from .launch import (ServeOptions, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of,
+                     serves_dummy_weights, wait)
 from .ready import Progress, log_tail
 from .raycluster import attach_ray
 from .records import Deployment, argv_flag, load
@@ -224,6 +225,8 @@ def up(
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
     record.dp = opts.dp
     if opts.nodes > 1 and opts.backend == "mp":
+        plan = pin_interface(plan)
+        record.env = {**record.env, **plan.env}
         record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
         _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
