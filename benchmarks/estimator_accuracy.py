@@ -36,8 +36,11 @@ QWEN25_15B = llama(1536, 28, 12, 2, 8960, 151936, 32768, model_type="qwen2", tie
 QWEN25_05B = llama(896, 24, 14, 2, 4864, 151936, 32768, model_type="qwen2", tie_word_embeddings=True)
 Q15 = dict(resolve("deepseek-r1-distill-qwen-1.5b").config)
 Q7 = dict(resolve("deepseek-r1-distill-qwen-7b").config)
+V2LITE = dict(resolve("deepseek-v2-lite-chat").config)
+V3_6L = {**resolve("deepseek-v3").config, "num_hidden_layers": 6}  # the real V3 (FP8, 256 experts) cut to 6 layers
+H200 = 139.8007
 
-# (label, config, gpu GiB or None, tp, pp, util, max_len, version, logged dict, kv dtype)
+# (label, config, gpu GiB or None, tp, pp, util, max_len, version, logged dict, kv dtype, plan_gpu options)
 ROWS = [
     ("Llama-3.1-8B TP2 v0.19", LLAMA31_8B, H100, 2, 1, 0.95, 8192, "0.19.0",
      dict(weights=7.51, activation=1.89, non_torch=2.07, kv=63.8, fits=True)),
@@ -79,6 +82,19 @@ ROWS = [
      dict(weights=0.93, activation=1.44, non_torch=0.11, kv=10.63, tokens=58059 * 16, fits=True)),
     ("held: Qwen2.5-7B 4090 V0", QWEN25_7B, 23.57, 1, 1, 0.9, 8192, "0.7.3",
      dict(weights=14.25, activation=1.09, non_torch=0.10, kv=5.77, tokens=6749 * 16, fits=True)),
+    # DeepSeek MLA/MoE on 2 x H200, vLLM 0.26.0, random weights (docs/gpu-rehearsal-deepseek.json).
+    # V2-Lite runs model runner V2, whose constants were fitted on other models: out of sample.
+    # "fit:" V3 rows set the 0.26 model-runner-V1 constants (sampler copies, non-torch, CUDA-graph
+    # estimate; dsagent/plan/profiles.py): in sample.
+    ("V2-Lite TP1 H200 v0.26", V2LITE, H200, 1, 1, 0.92, 8192, "0.26.0",
+     dict(weights=29.34, activation=1.09, non_torch=0.22, kv=97.96, tokens=3_381_536, fits=True)),
+    ("V2-Lite TP2 H200 v0.26", V2LITE, H200, 2, 1, 0.92, 8192, "0.26.0",
+     dict(weights=14.75, activation=0.93, non_torch=0.07, kv=112.87, tokens=3_896_304, fits=True)),
+    ("fit: V3-6L FP8 TP2 H200 v0.26", V3_6L, H200, 2, 1, 0.92, 8192, "0.26.0",
+     dict(weights=18.79, activation=5.43, non_torch=0.15, kv=102.07, tokens=15_856_192, fits=True)),
+    ("fit: V3-6L FP8 TP2 EP H200 v0.26", V3_6L, H200, 2, 1, 0.92, 8192, "0.26.0",
+     dict(weights=18.79, activation=5.43, non_torch=0.15, kv=102.05, tokens=15_853_168, fits=True), None,
+     {"expert_parallel": True}),
 ]
 
 
@@ -95,8 +111,9 @@ def main() -> int:
     for row in ROWS:
         label, cfg, gpu, tp, pp, util, length, version, real = row[:9]
         kv_dtype = row[9] if len(row) > 9 else None
+        options = row[10] if len(row) > 10 else {}
         p = plan_gpu(cfg, gpu_memory_gib=gpu or 80.0, tp=tp, pp=pp, gpus=tp * pp, gpu_memory_utilization=util,
-                     max_model_len=length, vllm_version=version, kv_cache_dtype=kv_dtype)
+                     max_model_len=length, vllm_version=version, kv_cache_dtype=kv_dtype, **options)
         w0 = p.workers[0]
         cells = [f"{label:32}"]
         cells.append(f"{w0.weights_gib:6.2f}/{real['weights']:<6.2f}" + f"{pct(w0.weights_gib, real['weights']):4.1f}%"

@@ -474,12 +474,45 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def estimate_now(run: dict[str, Any]) -> dict[str, Any]:
+    """The same shape through the estimator of this checkout (the run recorded the one it ran with)."""
+    from dsagent.plan.budget import plan_gpu
+    from dsagent.plan.catalog import resolve
+
+    shape, detail = SHAPES.get(run["shape"]), ((run.get("local_estimate") or {}).get("detail") or {})
+    if not shape or not detail:
+        return {}
+    plan = plan_gpu({**resolve(shape["model"]).config, **shape["extra"]}, gpu_memory_gib=detail["gpu_memory_gib"],
+                    tp=run["tp"], pp=run["pp"], gpus=run["tp"] * run["pp"], max_model_len=run["max_model_len"],
+                    vllm_version=detail["vllm_version"], dtype=run.get("dtype"),
+                    expert_parallel=bool(run.get("expert_parallel")))
+    w = plan.workers[-1]
+    return {"now_activation_gib": round(w.activation_gib, 4), "now_non_torch_gib": round(w.non_torch_gib, 4),
+            "now_cuda_graph_gib": round(w.cuda_graph_gib, 4), "now_kv_cache_gib": round(w.kv_cache_gib, 4),
+            "now_kv_tokens": plan.kv_cache_tokens}
+
+
+_BULKY = ("log_lines", "up_stderr_tail", "stderr_tail")
+
+
+def _trim(obj: Any) -> Any:
+    """The run records without the copied log lines and stderr tails (the logs themselves are kept apart)."""
+    if isinstance(obj, dict):
+        return {k: _trim(v) for k, v in obj.items() if k not in _BULKY}
+    if isinstance(obj, list):
+        return [_trim(v) for v in obj]
+    return obj
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     files = [json.loads(Path(f).read_text()) for f in args.files]
     runs = [r for f in files for r in f["runs"]]
-    head = files[0]
-    Path(args.json).write_text(json.dumps({"sources": files, "summary": [summarize(r) for r in runs]}, indent=1))
-    print(json.dumps([summarize(r) for r in runs], indent=1))
+    summary = [{**summarize(r), **estimate_now(r)} for r in runs]
+    Path(args.json).write_text(json.dumps({"sources": _trim(files), "summary": summary}, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    for s in summary:
+        now = f", now {_pct(s['now_kv_tokens'], s['kv_tokens'])}" if "now_kv_tokens" in s else ""
+        print(f"{s['shape']:24} KV tokens est {_pct(s['est_kv_tokens'], s['kv_tokens'])} (as run){now}")
     return 0
 
 

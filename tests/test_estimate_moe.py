@@ -122,3 +122,23 @@ def test_safetensors_headers_skip_mtp_and_split_experts(tmp_path):
     tp = plan_gpu(cfg, gpu_memory_gib=80, tp=2, gpus=2, model_dir=tmp_path)
     assert round(ep.workers[0].weights_gib * GIB) == 2 * 256 + 256 + rope
     assert round(tp.workers[0].weights_gib * GIB) == 4 * 128 + 256 + rope
+
+
+@pytest.mark.parametrize("ep", [False, True])
+def test_v3_on_026_uses_model_runner_v1_accounting(ep):
+    """DeepSeek-V3 cut to 6 layers, TP2 on 2 x H200, vLLM 0.26.0 (docs/gpu-rehearsal-deepseek.json): V1 runner,
+    logged 18.79 GiB weights, 5.43 activation, 0.15 non-torch, 2.18 CUDA-graph estimate, 102.07 KV, 15,856,192
+    tokens (15,853,168 with EP). V2-Lite stays on the V2 runner: no CUDA graphs in the budget."""
+    cut = {**dict(resolve("deepseek-v3").config), "num_hidden_layers": 6}
+    p = plan_gpu(cut, gpu_memory_gib=139.8007, tp=2, gpus=2, max_model_len=8192, vllm_version="0.26.0",
+                 expert_parallel=ep)
+    w = p.workers[0]
+    assert abs(w.activation_gib - 5.43) < 0.05 and abs(w.non_torch_gib - 0.15) < 0.01
+    assert abs(w.cuda_graph_gib - 2.18) < 0.05
+    assert abs(w.requested_gib - w.weights_gib - w.activation_gib - w.non_torch_gib - w.cuda_graph_gib
+               - w.kv_cache_gib) < 1e-6
+    assert abs(p.kv_cache_tokens / 15_856_192 - 1) < 0.005
+    lite = plan_gpu(LITE, gpu_memory_gib=139.8007, tp=1, gpus=1, max_model_len=8192, vllm_version="0.26.0")
+    w = lite.workers[0]
+    assert abs(w.requested_gib - w.weights_gib - w.activation_gib - w.non_torch_gib - w.kv_cache_gib) < 1e-6
+    assert abs(lite.kv_cache_tokens / 3_381_536 - 1) < 0.01

@@ -233,7 +233,7 @@ def plan_gpu(
     """
     check_layout(config, tp, pp, gpus, dp)
     moe.check_parallel(config, tp=tp, dp=dp, expert_parallel=expert_parallel)
-    profile = ev.profile_for(vllm_version, device_name)
+    profile = ev.profile_for(vllm_version, device_name, config)
     util = gpu_memory_utilization or profile.default_utilization
     if not 0 < util <= 1:
         raise InvalidOptionError(f"--gpu-memory-utilization {util} is outside (0, 1]", "use a value such as 0.9",
@@ -279,18 +279,18 @@ def _worker(config: Mapping[str, Any], profile: ev.VllmProfile, *, stage: int, l
             kv_bytes: int,
             block_size: int, batched_tokens: int, max_num_seqs: int, enforce_eager: bool) -> WorkerPlan:
     """The budget of one TP rank of pipeline ``stage``: what is left for the KV cache, in blocks."""
-    tp, pp = int(par["tp"]), int(par["pp"])
+    tp, pp, hidden = int(par["tp"]), int(par["pp"]), int(config["hidden_size"])
     if weights is None:
         weights = stage_weight_bytes(config, stage=stage, layers=layers, dtype_bytes=dtype_bytes, first=first,
                                      reserved=profile.weights_reserved, **par)
-    act = ev.activation_bytes(profile, hidden=int(config["hidden_size"]),
-                              inter_per_rank=-(-int(config["intermediate_size"]) // tp),
+    act = ev.activation_bytes(profile, hidden=hidden, inter_per_rank=-(-int(config["intermediate_size"]) // tp),
                               vocab=pad_vocab(int(config["vocab_size"]), 1), batched_tokens=batched_tokens,
                               max_num_seqs=max_num_seqs, dtype_bytes=dtype_bytes, last_stage=stage == pp - 1,
                               extra_forward=moe.moe_forward_bytes(config, tokens=batched_tokens, dtype_bytes=dtype_bytes,
                               moe_ranks=tp * par["dp"], expert_parallel=par["expert_parallel"]))
     non_torch = ev.non_torch_bytes(profile, tp, pp)
-    graphs = ev.cudagraph_bytes(layers, enforce_eager)
+    graphs = ev.cudagraph_budget_bytes(profile, layers=layers, hidden=hidden, dtype_bytes=dtype_bytes, max_num_seqs=max_num_seqs,
+                                       batched_tokens=batched_tokens, enforce_eager=enforce_eager)
     kv = requested - weights - act - non_torch - (graphs if profile.cudagraph_in_budget else 0)
     page = kv_bytes_per_token(config, tp, layers, kv_bytes) * block_size
     blocks = max(0, int(kv // page)) if page else 0
