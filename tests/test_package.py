@@ -24,7 +24,7 @@ PUBLIC = [
     "DeploymentError", "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError",
     "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "JoinError", "LocalChatDeepSeek",
     "LocalChatOpenAI", "ModelSpec", "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError",
-    "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
+    "RestartPolicy", "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
     "StreamTimeoutError", "UnknownModelError", "ask", "attach", "estimate", "fetch", "local_deepseek", "plan_cpu",
     "plan_gpu", "recommend", "resolve", "status", "stop", "suggest_names", "translate", "up",
 ]

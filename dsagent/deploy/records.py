@@ -68,6 +68,14 @@ class Deployment:
     head_url: str = ""
     """On a joined node: the head's API root, whose ``/health`` says whether the whole is up."""
     watcher_pid: int | None = None
+    restart: dict[str, Any] = field(default_factory=dict)
+    """The restart policy (``RestartPolicy`` as a dict) of a supervised deployment; empty when not."""
+    supervisor_pid: int | None = None
+    supervisor_started: float | None = None
+    """The supervisor's start time, so a later process reusing its pid is not taken for it."""
+    restarts: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """The latest failures the supervisor saw: ``{"at", "reason", "log_tail"}``, oldest first."""
 
     @property
     def base_url(self) -> str:

@@ -23,11 +23,13 @@ from ..system.ports import check_port, free_port, is_local_address
 from ..system.procs import port_owner
 from ..weights.fetch import fetch
 from .join import JoinSpec, join_command
-from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of, serves_dummy_weights, wait
+from .launch import ServeOptions, check_compiler, engine_version, launch, plan_serve, record_of, serves_dummy_weights
 from .ready import Progress, log_tail
-from .records import Deployment, argv_flag, load
+from .records import Deployment, argv_flag, load, save
+from .restart import RestartPolicy
 from .state import State
-from .status import find, live_state
+from .status import find, live_state, supervisor_alive
+from .supervise import adopt, follow, start_supervisor
 
 __all__ = ["DEFAULT_GPU_MODEL", "attach", "up"]
 
@@ -111,6 +113,22 @@ def _running(existing: Deployment, spec: ModelSpec, opts: ServeOptions, step: St
     return existing
 
 
+def _supervised(dep: Deployment, restart: RestartPolicy | None, foreground: bool, settings: Settings) -> Deployment:
+    """Hand ``dep`` to a supervisor: this process (``foreground``) or a detached one (a policy other
+    than ``no``); a running deployment that already has a live supervisor keeps it."""
+    if restart is None or (restart.mode == "no" and not foreground):
+        return dep
+    if supervisor_alive(dep):
+        if foreground:
+            raise AlreadyRunningError(f"{dep.name} is already supervised by pid {dep.supervisor_pid}",
+                                      f"stop it first (dsagent stop {dep.name}), then run this again",
+                                      name=dep.name, base_url=dep.base_url)
+        return dep
+    dep.restart = restart.to_dict()
+    save(settings, dep)
+    return adopt(dep, settings) if foreground else start_supervisor(dep, settings)
+
+
 def _port(opts: ServeOptions, name: str, settings: Settings) -> ServeOptions:
     """The options with a free port chosen (``--port auto``), or the asked one checked."""
     if opts.port == 0:
@@ -173,6 +191,8 @@ def up(
     on_step: Step | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     peers: Sequence[str] = (),
+    restart: RestartPolicy | None = None,
+    foreground: bool = False,
 ) -> Deployment:
     """Bring ``model`` up (the embedded default on a machine with no GPU) and return its record.
 
@@ -180,6 +200,8 @@ def up(
     is (waiting for it if it is still starting); with other settings it is refused. With
     ``options.nodes > 1`` this is the head (rank 0): it prints the ``dsagent join`` command of
     every other node (``peers``: their addresses, in rank order, if known) and waits for them.
+    ``restart`` (``--restart on-failure|always``) hands the deployment to a detached supervisor;
+    ``foreground`` makes this process its supervisor (the caller then runs ``run_foreground``).
     """
     settings = settings or Settings.load()
     opts = options or ServeOptions(device=detect_device(settings))
@@ -189,8 +211,9 @@ def up(
 
     existing = load(settings, name)
     if existing is not None and live_state(existing).running:
-        dep = _running(existing, spec, opts, step)
-        return wait(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and dep.state != State.READY else dep
+        dep = _supervised(_running(existing, spec, opts, step), restart, foreground, settings)
+        ready = dep.state == State.READY and live_state(dep) == State.READY
+        return follow(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and not ready else dep
 
     if opts.nodes > 1:
         opts = _head(opts)
@@ -216,8 +239,9 @@ def up(
         record.master = f"{opts.node_ip}:{opts.master_port}"
         _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
-    record = launch(plan, settings, api_key=settings.api_key(), record=record)
-    return wait(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
+    record = _supervised(launch(plan, settings, api_key=settings.api_key(), record=record), restart, foreground,
+                         settings)
+    return follow(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 
 
 def attach(name: str | None = None, *, settings: Settings | None = None, wait_timeout: float = 600.0) -> Deployment:
@@ -241,4 +265,4 @@ def attach(name: str | None = None, *, settings: Settings | None = None, wait_ti
         which = f" named {name!r}" if name else ""
         raise NoDeploymentError(f"no running deployment{which} in {settings.home}",
                                 f"start one: dsagent up{' ' + name if name else ''}", name=name)
-    return wait(dep, settings, timeout=wait_timeout) if state != State.READY else dep
+    return follow(dep, settings, timeout=wait_timeout) if state != State.READY else dep
