@@ -251,6 +251,7 @@ def follow(dep: Deployment, settings: Settings, *, timeout: float = 900.0,
         if on_progress:
             on_progress(Progress(state, time.time() - (current.started_at or t0)))
         if state == State.READY:
+            current.state = State.READY  # the supervisor records it at its next look; the caller sees it now
             return current
         if not state.running:
             reasons = "\n".join(f"  - {f['reason']}" for f in current.failures)

@@ -200,8 +200,7 @@ def up(
     is (waiting for it if it is still starting); with other settings it is refused. With
     ``options.nodes > 1`` this is the head (rank 0): it prints the ``dsagent join`` command of
     every other node (``peers``: their addresses, in rank order, if known) and waits for them.
-    ``restart`` (``--restart on-failure|always``) hands the deployment to a detached supervisor;
-    ``foreground`` makes this process its supervisor (the caller then runs ``run_foreground``).
+    ``restart``: a supervisor's policy; ``foreground``: this process supervises (``run_foreground``).
     """
     settings = settings or Settings.load()
     opts = options or ServeOptions(device=detect_device(settings))
@@ -239,8 +238,7 @@ def up(
         record.master = f"{opts.node_ip}:{opts.master_port}"
         _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
-    record = _supervised(launch(plan, settings, api_key=settings.api_key(), record=record), restart, foreground,
-                         settings)
+    record = _supervised(launch(plan, settings, api_key=settings.api_key(), record=record), restart, foreground, settings)
     return follow(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 
 
