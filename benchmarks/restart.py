@@ -28,15 +28,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dsagent.clients.chat import local_deepseek  # noqa: E402
-from dsagent.deploy.launch import ServeOptions  # noqa: E402
-from dsagent.deploy.records import load  # noqa: E402
-from dsagent.deploy.restart import RestartPolicy  # noqa: E402
-from dsagent.deploy.state import State  # noqa: E402
-from dsagent.deploy.status import live_state  # noqa: E402
-from dsagent.deploy.stop import stop  # noqa: E402
-from dsagent.deploy.up import up  # noqa: E402
-from dsagent.settings import Settings  # noqa: E402
+from dsagent.clients.chat import local_deepseek
+from dsagent.deploy.launch import ServeOptions
+from dsagent.deploy.records import load
+from dsagent.deploy.restart import RestartPolicy
+from dsagent.deploy.state import State
+from dsagent.deploy.status import live_state
+from dsagent.deploy.stop import stop
+from dsagent.deploy.up import up
+from dsagent.settings import Settings
 
 POLICY = RestartPolicy(mode="on-failure", backoff=0.5, max_failures=20, window=3600, interval=0.5, health_grace=5,
                        stall=6, canary_every=2, canary_deadline=4, start_timeout=600)
@@ -76,7 +76,7 @@ def _fault(settings: Settings, llm, requests: int) -> dict:
         for c in calls:
             try:
                 answers.append(c.result(timeout=600).content)
-            except Exception as exc:  # a lost request is what this counts
+            except Exception as exc:  # noqa: BLE001 - a lost request is what this counts
                 answers.append(f"ERROR {type(exc).__name__}: {exc}")
     return {"ready_s": took, "orphans": len(_engines(old_pgid)), "sent": requests,
             "answered": sum(1 for a in answers if not a.startswith("ERROR")),

@@ -193,11 +193,11 @@ def test_systemd_analyze_verify_accepts_the_unit_and_catches_a_broken_one(tmp_pa
     _args, unit = _unit(tmp_path)
     good = tmp_path / unit.name
     good.write_text(unit.text)
-    out = subprocess.run(["systemd-analyze", "verify", str(good)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(["systemd-analyze", "verify", str(good)], check=False, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     bad = tmp_path / "dsagent-bad.service"
     bad.write_text(unit.text.replace(f"ExecStart={sys.executable}", "ExecStart=no-such-program"))
-    out = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(["systemd-analyze", "verify", str(bad)], check=False, capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "no-such-program" in out.stderr
 
 

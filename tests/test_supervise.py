@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
 import psutil
@@ -142,7 +143,7 @@ def test_killed_and_stalled_servers_come_back_alone_and_clients_ride_through(mod
         answer = during["langchain"].result(timeout=BACK_BOUND).content
         pool.shutdown()
         assert during["state"] == State.RESTARTING
-        after, took = _ready_again(settings, "sup", old, BACK_BOUND)
+        after, _took = _ready_again(settings, "sup", old, BACK_BOUND)
         assert "Paris" in results["mcp_before"]
         assert not results["mcp_error"] and "Paris" in results["mcp_during"], results
         assert "Paris" in answer
@@ -154,7 +155,7 @@ def test_killed_and_stalled_servers_come_back_alone_and_clients_ride_through(mod
         assert len(engine) == 1, engine
         stalled.append(engine[0])
         os.kill(engine[0], signal.SIGSTOP)
-        back, took_stall = _ready_again(settings, "sup", after.pid, BACK_BOUND)
+        back, _took = _ready_again(settings, "sup", after.pid, BACK_BOUND)
         reason = back.failures[-1]["reason"]
         # vLLM's /health answers from the API server while the engine is stopped: the canary catches it
         assert back.restarts == 2 and ("canary" in reason or "no progress" in reason or "/health" in reason), reason
@@ -217,11 +218,11 @@ def test_stop_during_a_backoff_means_nothing_restarts(model_dir, tmp_path):
         out = run_cli("stop", "backoff", env={"DSAGENT_HOME": str(home)})
         assert out.returncode == 0, out.stderr
         assert fg.wait(timeout=30) == 0
-        launches = open(dep.log_file).read().count("dsagent: launch")
+        launches = Path(dep.log_file).read_text().count("dsagent: launch")
         time.sleep(10)  # longer than the backoff: a relaunch would have happened by now
         dep = load(settings, "backoff")
         assert dep.state == State.STOPPED and not processes_of(dep) and dep.restarts == 0
-        assert open(dep.log_file).read().count("dsagent: launch") == launches
+        assert Path(dep.log_file).read_text().count("dsagent: launch") == launches
     finally:
         if fg.poll() is None:
             fg.kill()
