@@ -129,7 +129,7 @@ def test_relaunch_waits_until_the_ended_processes_hold_no_gpu_memory():
 
 def _record(tmp_settings, **kw) -> Deployment:
     dep = Deployment(name="sup", model="m", model_path="/m", host="127.0.0.1", port=1, api_key_file="/k",
-                     log_file=str(tmp_settings.logs_dir / "sup.log"), argv=[], state=State.READY, **kw)
+                     log_file=str(tmp_settings.logs_dir / "sup.log"), argv=[], **{"state": State.READY, **kw})
     save(tmp_settings, dep)
     return dep
 
@@ -214,3 +214,59 @@ def test_service_install_print_and_uninstall_through_the_cli(cli, tmp_path):
     assert out.returncode == 0 and not (tmp_path / "units" / "dsagent-smol.service").exists()
     with pytest.raises(NoDeploymentError, match="no unit"):
         uninstall("smol", tmp_path / "units", user=True)
+
+
+def test_a_call_refused_during_a_restart_waits_for_ready_and_is_sent_again(tmp_settings):
+    """``ride_through`` with a record whose supervisor and (later) API server are real ``sleep``
+    processes and whose ``/health`` is a loopback HTTP server: the first call is refused while the
+    deployment restarts, the second goes out once it is ready. Unsupervised: the error at once."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    from dsagent.clients.ride import ride_through
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    sup, api = subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"])
+    try:
+        dep = _record(tmp_settings, supervisor_pid=sup.pid, supervisor_started=started_at(sup.pid),
+                      restart=P.to_dict(), state=State.RESTARTING)
+        dep.port = http.server_address[1]
+        save(tmp_settings, dep)
+
+        def relaunched():
+            time.sleep(1.0)
+            dep.pid, dep.started_at, dep.state = api.pid, started_at(api.pid), State.STARTING
+            save(tmp_settings, dep)
+
+        threading.Thread(target=relaunched, daemon=True).start()
+        calls = []
+
+        def call():
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise httpx.ConnectError("refused")
+            return "answer"
+
+        home = str(tmp_settings.home)
+        assert ride_through(call, name="sup", home=home, timeout=30) == "answer"
+        assert len(calls) == 2 and calls[1] - calls[0] >= 0.9  # sent again only once it was ready
+        with pytest.raises(httpx.ConnectError):  # ready now: a refused call is not a restart
+            ride_through(lambda: (_ for _ in ()).throw(httpx.ConnectError("x")), name="sup", home=home, timeout=30)
+        with pytest.raises(httpx.ConnectError):
+            ride_through(lambda: (_ for _ in ()).throw(httpx.ConnectError("x")), name="nope", home=home, timeout=30)
+    finally:
+        http.shutdown()
+        for p in (sup, api):
+            p.kill()
+            p.wait()

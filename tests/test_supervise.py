@@ -201,7 +201,7 @@ def test_stop_during_a_backoff_means_nothing_restarts(model_dir, tmp_path):
     env = {**os.environ, "DSAGENT_HOME": str(home)}
     fg = subprocess.Popen([sys.executable, "-m", "dsagent.cli", "up", model_dir, "--name", "backoff", "--port", "auto",
                            "--foreground", "--restart", "on-failure", "--restart-backoff", "6", "--check-interval",
-                           "0.5", "--canary-every", "0", "--vllm-arg", "--no-such-vllm-flag"],
+                           "0.5", "--canary-every", "0", "--vllm-arg=--no-such-vllm-flag"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     settings = Settings.load(home)
     try:
@@ -226,7 +226,8 @@ def test_stop_during_a_backoff_means_nothing_restarts(model_dir, tmp_path):
     finally:
         if fg.poll() is None:
             fg.kill()
-        stop("backoff", settings=settings)
+        if load(settings, "backoff") is not None:
+            stop("backoff", settings=settings)
 
 
 def test_follow_of_an_unsupervised_failed_record_raises(tmp_settings):
