@@ -142,7 +142,8 @@ def _take_down(dep: Deployment, settings: Settings, failure: Failure, say: Say) 
     dep.state, dep.reason = State.RESTARTING, reason
     save(settings, dep)
     say(f"{dep.name} failed: {reason}")
-    ended = end_processes(processes_of(dep), grace=5.0)  # it failed: a long graceful exit buys nothing
+    # it failed: a long graceful exit buys nothing; an engine whose API server is gone only lingers
+    ended = end_processes(processes_of(dep), grace=5.0 if leader_alive(dep) else 1.0)
     freed = wait_gpu_free({p.pid for p in ended})
     say(f"ended {len(ended)} process(es); GPU memory free after {freed:.1f} s")
     return reason
