@@ -136,8 +136,9 @@ def _take_down(dep: Deployment, settings: Settings, failure: Failure, say: Say) 
     """Record the failure, end every process of the deployment, wait for its GPU memory."""
     tail = log_tail(dep.log_file, 30)
     reason = failure.reason
-    if not failure.clean and "starting" in reason:
-        reason += f": {failure_reason(tail)}"
+    detail = failure_reason(tail)
+    if "starting" in reason and re.search(r"(Error|Exception)\b|error: ", detail):  # not a killed one's last line
+        reason += f": {detail}"
     dep.failures = [*dep.failures, {"at": time.time(), "reason": reason, "log_tail": tail}][-10:]
     dep.state, dep.reason = State.RESTARTING, reason
     save(settings, dep)
