@@ -40,6 +40,7 @@ _EXPORTS = {
     "LocalChatDeepSeek": "clients.chat",
     "LocalChatOpenAI": "clients.chat",
     "ModelSpec": "plan.catalog",
+    "RestartPolicy": "deploy.restart",
     "ServeOptions": "deploy.launch",
     "Settings": "settings",
     "State": "deploy.state",
@@ -82,6 +83,7 @@ if TYPE_CHECKING:
     from .clients.recipes import ask, suggest_names, translate
     from .deploy.launch import ServeOptions
     from .deploy.records import Deployment
+    from .deploy.restart import RestartPolicy
     from .deploy.state import State
     from .deploy.status import status
     from .deploy.stop import StopResult, stop

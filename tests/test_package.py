@@ -25,7 +25,7 @@ PUBLIC = [
     "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "JoinError", "LayoutChoice",
     "LocalChatDeepSeek",
     "LocalChatOpenAI", "ModelSpec", "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError",
-    "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
+    "RestartPolicy", "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
     "StreamTimeoutError", "UnknownModelError", "ask", "attach", "choose_layout", "estimate", "fetch", "local_deepseek",
     "plan_cpu",
     "plan_gpu", "recommend", "resolve", "status", "stop", "suggest_names", "translate", "up",

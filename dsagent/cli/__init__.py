@@ -21,11 +21,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DsagentError
-from . import estimate, fetch, join, mcp, models, status, stop, up
+from . import estimate, fetch, join, mcp, models, service, status, stop, up
 
 __all__ = ["build_parser", "main"]
 
-VERBS = (up, join, fetch, estimate, status, stop, models, mcp)
+VERBS = (up, join, fetch, estimate, status, stop, models, mcp, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,14 +7,15 @@ import sys
 from typing import Any
 
 from ..deploy.launch import ServeOptions
+from ..deploy.restart import MODES, RestartPolicy
 from ..deploy.records import Deployment
 from ..deploy.state import PHASES, State
 from ..settings import Settings
 from ..system.gpus import detect_device
 
 __all__ = [
-    "Progress", "add_cluster_flags", "add_serve_flags", "cpu_list", "port", "print_deployment", "serve_options",
-    "settings",
+    "Progress", "add_cluster_flags", "add_restart_flags", "add_serve_flags", "cpu_list", "port", "print_deployment",
+    "restart_policy", "serve_options", "settings",
 ]
 
 
@@ -106,6 +107,33 @@ def add_cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=("mp", "ray"), default="mp",
                    help="mp: vLLM's multi-node engine, `dsagent join` on the other nodes (default); ray: vLLM's Ray "
                         "executor on the running Ray cluster of RAY_ADDRESS (GPUs only; Ray's daemons are yours)")
+
+
+def add_restart_flags(p: argparse.ArgumentParser, default: str = "no") -> None:
+    """The supervisor's flags (``up``, ``service install``); see ``dsagent.deploy.restart``."""
+    d = RestartPolicy()
+    g = p.add_argument_group("supervision (restarts)")
+    g.add_argument("--restart", choices=MODES, default=default,
+                   help=f"relaunch after a failure (on-failure) or any exit (always) (default {default})")
+    g.add_argument("--restart-backoff", type=float, default=d.backoff, help="seconds before the first relaunch, "
+                   f"doubled after each further failure (default {d.backoff:g})")
+    g.add_argument("--restart-max", type=int, default=d.max_failures,
+                   help=f"give up after this many failures within --restart-window (default {d.max_failures})")
+    g.add_argument("--restart-window", type=float, default=d.window, help=f"seconds (default {d.window:g})")
+    g.add_argument("--check-interval", type=float, default=d.interval, help=f"seconds between checks (default {d.interval:g})")
+    g.add_argument("--stall-seconds", type=float, default=d.stall,
+                   help=f"requests running and no new token this long is a failure (default {d.stall:g})")
+    g.add_argument("--canary-every", type=float, default=d.canary_every,
+                   help=f"seconds between 1-token canary completions while idle, 0 for none (default {d.canary_every:g})")
+    g.add_argument("--canary-deadline", type=float, default=d.canary_deadline,
+                   help=f"seconds the canary may take (default {d.canary_deadline:g})")
+
+
+def restart_policy(args: argparse.Namespace) -> RestartPolicy:
+    return RestartPolicy(mode=args.restart, backoff=args.restart_backoff, max_failures=args.restart_max,
+                         window=args.restart_window, interval=args.check_interval, stall=args.stall_seconds,
+                         canary_every=args.canary_every, canary_deadline=args.canary_deadline,
+                         start_timeout=args.timeout)
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:

@@ -36,7 +36,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         kv = f"{r['kv_cache_usage'] * 100:.1f}%" if r["kv_cache_usage"] is not None else "-"
         running = r["requests_running"] if r["requests_running"] is not None else "-"
         print(f"{r['name']}: {r['state']}  {r['base_url']}  pid {r['pid'] or '-'}  KV used {kv}  running {running}"
-              + (f"\n  reason: {r['reason']}" if r["reason"] else ""))
+              + (f"\n  reason: {r['reason']}" if r["reason"] else "") + _restart_line(r["restart"]))
         for n in r.get("nodes", []):
             kv = (f"  KV tokens {n['kv_tokens']:,}" if n.get("kv_tokens") else "") + (
                 f"  KV cache {n['kv_cache_gib']:.1f} GiB" if n.get("kv_cache_gib") else "")
@@ -44,6 +44,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  node {n['rank']} {n['ip'] or '?'}: {n['state']}{kv}{gpus}"
                   + (f"\n    {n['reason']}" if n.get("reason") else ""))
     return 0
+
+
+def _restart_line(r: dict[str, Any] | None) -> str:
+    if not r:
+        return ""
+    up_for = f", up {r['uptime_s']:.0f} s" if r["uptime_s"] is not None else ""
+    last = f"\n  last failure: {time.strftime('%H:%M:%S', time.localtime(r['last_failure']['at']))} " \
+           f"{r['last_failure']['reason']}" if r["last_failure"] else ""
+    return (f"\n  supervised (--restart {r['mode']}, supervisor pid {r['supervisor_pid'] or '-'}): "
+            f"{r['restarts']} restart(s){up_for}{last}")
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

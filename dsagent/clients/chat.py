@@ -44,6 +44,7 @@ from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve
 from ..settings import Settings
 from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
+from .ride import RestartRiding
 
 __all__ = ["LocalChatDeepSeek", "LocalChatOpenAI", "fold_system_prompt", "local_deepseek"]
 
@@ -88,7 +89,7 @@ async def _aclose(stream: Any) -> None:
             pass
 
 
-class _LocalChat(BaseChatOpenAI):
+class _LocalChat(RestartRiding, BaseChatOpenAI):
     """What both local classes add to their LangChain base (listed first among their bases)."""
 
     first_token_timeout: float = 120.0
@@ -249,6 +250,8 @@ def local_deepseek(
         "max_retries": 2,
         "stream_usage": True,
         "fold_system": dep.reasoning,
+        "deployment": dep.name,  # rides through the deployment's supervised restarts (clients/ride.py)
+        "dsagent_home": str(settings.home),
     }
     if dep.reasoning:
         params.update(R1_SAMPLING)

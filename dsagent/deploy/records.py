@@ -73,6 +73,14 @@ class Deployment:
     watcher_pid: int | None = None
     token: str = ""
     """Multi-node: the secret a node's reports to the head's roll call carry (in the join command)."""
+    restart: dict[str, Any] = field(default_factory=dict)
+    """The restart policy (``RestartPolicy`` as a dict) of a supervised deployment; empty when not."""
+    supervisor_pid: int | None = None
+    supervisor_started: float | None = None
+    """The supervisor's start time, so a later process reusing its pid is not taken for it."""
+    restarts: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """The latest failures the supervisor saw: ``{"at", "reason", "log_tail"}``, oldest first."""
 
     @property
     def base_url(self) -> str:

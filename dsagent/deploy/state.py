@@ -4,6 +4,8 @@ While starting: ``starting -> loading -> profiling -> ready``, or ``failed`` wit
 from the log tail (its processes are ended). Once up: ``ready``, or ``unhealthy`` while its
 ``/health`` fails; ``crashed`` when the API server is gone but some of its processes remain
 (``dsagent stop`` reaps them); ``stopped`` when nothing of it is left; ``planned`` before launch.
+A supervised deployment (``up --restart``) is ``restarting`` between a failure and its relaunch:
+its supervisor ends what is left, waits for the GPU memory to be free, and backs off.
 
 >>> State("ready") is State.READY, State.READY == "ready", State.LOADING.running
 (True, True, True)
@@ -25,13 +27,15 @@ class State(StrEnum):
     PROFILING = "profiling"
     READY = "ready"
     UNHEALTHY = "unhealthy"
+    RESTARTING = "restarting"
     CRASHED = "crashed"
     FAILED = "failed"
     STOPPED = "stopped"
 
     @property
     def running(self) -> bool:
-        """Its API server runs (starting, serving, or failing its health check)."""
+        """Its API server runs (starting, serving, or failing its health check), or its supervisor
+        is bringing it back (restarting)."""
         return self in _RUNNING
 
     @property
@@ -45,6 +49,6 @@ class State(StrEnum):
         return self in (State.STARTING, State.LOADING, State.PROFILING)
 
 
-_RUNNING = frozenset({State.STARTING, State.LOADING, State.PROFILING, State.READY, State.UNHEALTHY})
+_RUNNING = frozenset({State.STARTING, State.LOADING, State.PROFILING, State.READY, State.UNHEALTHY, State.RESTARTING})
 _SETTLED = frozenset({State.READY, State.FAILED, State.CRASHED, State.STOPPED})
 PHASES = (State.STARTING, State.LOADING, State.PROFILING, State.READY)

@@ -16,13 +16,13 @@ import httpx
 
 from ..errors import NoDeploymentError
 from ..settings import Settings
-from ..system.procs import MARK, ProcInfo, leader_alive, processes_of, vllm_processes
+from ..system.procs import MARK, ProcInfo, leader_alive, processes_of, same_process, vllm_processes
 from .ready import log_tail, parse_capacity, start_state
 from .records import Deployment, list_all, load
 from .rollcall import load_reports
 from .state import State
 
-__all__ = ["find", "live_state", "orphans", "parse_metrics", "report", "status"]
+__all__ = ["find", "live_state", "orphans", "parse_metrics", "report", "status", "supervisor_alive"]
 
 LOST = 20.0
 """Seconds without a report after which a running head calls a node ``lost`` (reports come every 5 s)."""
@@ -51,8 +51,17 @@ def _get(url: str, timeout: float = 2.0) -> httpx.Response | None:
         return None
 
 
+def supervisor_alive(dep: Deployment) -> bool:
+    """True while the deployment's supervisor (``up --restart``, ``up --foreground``) runs."""
+    return same_process(dep.supervisor_pid, dep.supervisor_started)
+
+
 def live_state(dep: Deployment) -> State:
-    """The deployment's state now, from its API server, ``/health``, its log and its processes."""
+    """The deployment's state now, from its API server, ``/health``, its log, its processes and
+    its supervisor (which is bringing it back when the API server is gone)."""
+    supervised = supervisor_alive(dep)
+    if supervised and dep.state == State.RESTARTING:
+        return State.RESTARTING
     if leader_alive(dep):
         r = _get(f"{dep.head_url or dep.root_url}/health")  # a joined node is ready when the whole is
         if r is not None and r.status_code == 200:
@@ -60,6 +69,8 @@ def live_state(dep: Deployment) -> State:
         if dep.state in (State.READY, State.UNHEALTHY):
             return State.UNHEALTHY
         return start_state(log_tail(dep.log_file, 400))
+    if supervised:
+        return State.RESTARTING
     if processes_of(dep):
         return State.CRASHED
     return State.FAILED if dep.state == State.FAILED else State.STOPPED
@@ -98,7 +109,8 @@ def report(dep: Deployment, *, settings: Settings | None = None) -> dict[str, An
         "dtype": dep.dtype,
         "max_model_len": dep.max_model_len,
         "vllm_version": dep.vllm_version,
-        "reason": dep.reason if state in (State.FAILED, State.CRASHED, State.UNHEALTHY) else "",
+        "reason": dep.reason if state in (State.FAILED, State.CRASHED, State.UNHEALTHY, State.RESTARTING) else "",
+        "restart": _restart(dep, state),
         "estimate": dep.estimate,
         "measured": dep.measured,
         "kv_cache_usage": None,
@@ -117,6 +129,17 @@ def report(dep: Deployment, *, settings: Settings | None = None) -> dict[str, An
             out["requests_running"] = m.get("num_requests_running")
             out["requests_waiting"] = m.get("num_requests_waiting")
     return out
+
+
+def _restart(dep: Deployment, state: State) -> dict[str, Any] | None:
+    """The supervisor's view: policy, restarts, last failure, uptime (``None`` when unsupervised)."""
+    if not dep.restart:
+        return None
+    last = dep.failures[-1] if dep.failures else None
+    return {"mode": dep.restart.get("mode"), "supervisor_pid": dep.supervisor_pid if supervisor_alive(dep) else None,
+            "restarts": dep.restarts, "failures": len(dep.failures),
+            "last_failure": {"at": last["at"], "reason": last["reason"]} if last else None,
+            "uptime_s": round(time.time() - dep.ready_at, 1) if state == State.READY and dep.ready_at else None}
 
 
 def _nodes(dep: Deployment, state: State, settings: Settings | None) -> list[dict[str, Any]]:

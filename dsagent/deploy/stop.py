@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from ..errors import NoDeploymentError, StopError
 from ..settings import Settings
-from ..system.procs import ProcInfo, end_processes, processes_of
+from ..system.procs import ProcInfo, end_processes, process_info, processes_of
 from .records import Deployment, list_all, load, save
 from .state import State
-from .status import orphans
+from .status import orphans, supervisor_alive
 
 __all__ = ["StopResult", "stop", "stop_orphans"]
 
@@ -22,7 +22,18 @@ class StopResult:
     ended: tuple[ProcInfo, ...]
 
 
+def _end_supervisor(dep: Deployment, settings: Settings, grace: float) -> Deployment:
+    """End the deployment's supervisor first, so nothing relaunches (also during a backoff);
+    then read the record again: the supervisor may have relaunched just before."""
+    if dep.supervisor_pid and supervisor_alive(dep) and (info := process_info(dep.supervisor_pid)):
+        end_processes([info], grace=grace, groups=False)  # its group may be a shell's or a unit's
+        dep = load(settings, dep.name) or dep
+    dep.supervisor_pid = dep.supervisor_started = None
+    return dep
+
+
 def _stop_one(dep: Deployment, settings: Settings, grace: float) -> StopResult:
+    dep = _end_supervisor(dep, settings, grace)
     ended = end_processes(processes_of(dep), grace=grace)
     left = processes_of(dep)
     if left:

@@ -25,13 +25,15 @@ from ..system.procs import port_owner
 from ..weights.fetch import fetch
 from .join import JoinSpec, join_command
 from .launch import (ServeOptions, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of,
-                     serves_dummy_weights, wait)
+                     serves_dummy_weights)
 from .ready import Progress, log_tail
 from .raycluster import attach_ray
-from .records import Deployment, argv_flag, load
+from .records import Deployment, argv_flag, load, save
+from .restart import RestartPolicy
 from .rollcall import report_address
 from .state import State
-from .status import find, live_state
+from .status import find, live_state, supervisor_alive
+from .supervise import adopt, follow, start_supervisor
 from .watch import start_watcher
 
 __all__ = ["DEFAULT_GPU_MODEL", "attach", "up"]
@@ -116,6 +118,22 @@ def _running(existing: Deployment, spec: ModelSpec, opts: ServeOptions, step: St
     return existing
 
 
+def _supervised(dep: Deployment, restart: RestartPolicy | None, foreground: bool, settings: Settings) -> Deployment:
+    """Hand ``dep`` to a supervisor: this process (``foreground``) or a detached one (a policy other
+    than ``no``); a running deployment that already has a live supervisor keeps it."""
+    if restart is None or (restart.mode == "no" and not foreground):
+        return dep
+    if supervisor_alive(dep):
+        if foreground:
+            raise AlreadyRunningError(f"{dep.name} is already supervised by pid {dep.supervisor_pid}",
+                                      f"stop it first (dsagent stop {dep.name}), then run this again",
+                                      name=dep.name, base_url=dep.base_url)
+        return dep
+    dep.restart = restart.to_dict()
+    save(settings, dep)
+    return adopt(dep, settings) if foreground else start_supervisor(dep, settings)
+
+
 def _port(opts: ServeOptions, name: str, settings: Settings) -> ServeOptions:
     """The options with a free port chosen (``--port auto``), or the asked one checked."""
     if opts.port == 0:
@@ -183,6 +201,8 @@ def up(
     on_step: Step | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     peers: Sequence[str] = (),
+    restart: RestartPolicy | None = None,
+    foreground: bool = False,
 ) -> Deployment:
     """Bring ``model`` up (the embedded default on a machine with no GPU) and return its record.
 
@@ -190,6 +210,7 @@ def up(
     is (waiting for it if it is still starting); with other settings it is refused. With
     ``options.nodes > 1`` this is the head (rank 0): it prints the ``dsagent join`` command of
     every other node (``peers``: their addresses, in rank order, if known) and waits for them.
+    ``restart``: a supervisor's policy; ``foreground``: this process supervises (``run_foreground``).
     """
     settings = settings or Settings.load()
     opts = options or ServeOptions(device=detect_device(settings))
@@ -199,9 +220,16 @@ def up(
 
     existing = load(settings, name)
     if existing is not None and live_state(existing).running:
-        dep = _running(existing, spec, opts, step)
-        return wait(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and dep.state != State.READY else dep
+        dep = _supervised(_running(existing, spec, opts, step), restart, foreground, settings)
+        ready = dep.state == State.READY and live_state(dep) == State.READY
+        return follow(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and not ready else dep
 
+    if opts.nodes > 1 and restart is not None and (restart.mode != "no" or foreground):
+        raise InvalidOptionError(f"--restart/--foreground with --nodes {opts.nodes}: a supervisor restarts one "
+                                 "node's engine, and a multi-node deployment restarts only as a whole",
+                                 "leave out --restart; a node that fails is reported on the head, which stops "
+                                 "(docs/multinode.md), and `dsagent up` + the join commands start it again",
+                                 option="--restart", value=restart.mode)
     if opts.nodes > 1 and opts.backend == "mp":
         opts = _head(opts)
     step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}"
@@ -233,7 +261,8 @@ def up(
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
     if opts.nodes > 1 and opts.backend == "mp":
         record = start_watcher(record, settings, head=True)
-    return wait(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
+    record = _supervised(record, restart, foreground, settings)
+    return follow(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 
 
 def attach(name: str | None = None, *, settings: Settings | None = None, wait_timeout: float = 600.0) -> Deployment:
@@ -257,4 +286,4 @@ def attach(name: str | None = None, *, settings: Settings | None = None, wait_ti
         which = f" named {name!r}" if name else ""
         raise NoDeploymentError(f"no running deployment{which} in {settings.home}",
                                 f"start one: dsagent up{' ' + name if name else ''}", name=name)
-    return wait(dep, settings, timeout=wait_timeout) if state != State.READY else dep
+    return follow(dep, settings, timeout=wait_timeout) if state != State.READY else dep

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..settings import Settings
 
-__all__ = ["Gpu", "detect_device", "ram_available", "visible_gpus"]
+__all__ = ["Gpu", "detect_device", "memory_holders", "ram_available", "visible_gpus"]
 
 GIB = 1024**3
 
@@ -85,6 +85,31 @@ def visible_gpus(loader: Callable[[], Any] | None = None, *, settings: Settings 
         return ()
     chosen = _filter(gpus, settings.cuda_visible)
     return tuple(Gpu(i, g.name, g.total_gib, g.free_gib, g.uuid) for i, g in enumerate(chosen))
+
+
+def memory_holders(loader: Callable[[], Any] | None = None) -> dict[int, float] | None:
+    """GiB of GPU memory each process holds, over every GPU (compute and graphics contexts);
+    ``None`` when NVML cannot be read (no driver, no library, no GPU): then nothing can be held.
+
+    ``loader`` returns the ``pynvml`` module (tests pass a fake)."""
+    try:
+        nvml = loader() if loader else __import__("pynvml")
+        nvml.nvmlInit()
+    except Exception:
+        return None
+    held: dict[int, float] = {}
+    try:
+        for i in range(nvml.nvmlDeviceGetCount()):
+            h = nvml.nvmlDeviceGetHandleByIndex(i)
+            for query in (nvml.nvmlDeviceGetComputeRunningProcesses, nvml.nvmlDeviceGetGraphicsRunningProcesses):
+                for p in query(h):
+                    used = getattr(p, "usedGpuMemory", None) or 0
+                    held[p.pid] = held.get(p.pid, 0.0) + used / GIB
+        return held
+    except Exception:
+        return None
+    finally:
+        nvml.nvmlShutdown()
 
 
 def ram_available() -> int:

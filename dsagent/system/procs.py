@@ -26,8 +26,9 @@ import psutil
 from ..errors import StopError
 
 __all__ = [
-    "MARK", "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "alive", "cxx_compiler", "deployment_processes", "end_processes", "engine_env", "leader_alive",
-    "mark_for", "port_owner", "processes_of", "run", "spawn", "vllm_processes",
+    "MARK", "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "alive", "cxx_compiler", "deployment_processes", "end_processes",
+    "engine_env", "leader_alive", "mark_for", "port_owner", "process_info", "processes_of", "run", "same_process", "spawn",
+    "started_at", "vllm_processes",
 ]
 
 MARK = "DSAGENT_DEPLOYMENT"
@@ -166,6 +167,30 @@ def leader_alive(dep: Any) -> bool:
     return dep.started_at is None or abs(started - dep.started_at) < 10.0
 
 
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), or ``None`` when there is none."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def same_process(pid: int | None, started: float | None) -> bool:
+    """True while ``pid`` runs and is the process that started at ``started`` (not a reuse)."""
+    if not alive(pid):
+        return False
+    when = started_at(pid or 0)
+    return when is not None and (started is None or abs(when - started) < 1.0)
+
+
+def process_info(pid: int) -> ProcInfo | None:
+    """``pid`` as a ``ProcInfo`` (for ``end_processes``), or ``None`` when it is gone."""
+    try:
+        return _info(psutil.Process(pid), environ=False)
+    except psutil.Error:
+        return None
+
+
 def vllm_processes() -> list[ProcInfo]:
     """Every live vLLM engine or worker process (titled ``VLLM::...``) and API server."""
     return [
@@ -176,8 +201,8 @@ def vllm_processes() -> list[ProcInfo]:
     ]
 
 
-def _signal(procs: Sequence[ProcInfo], sig: signal.Signals) -> None:
-    for pgid in {p.pgid for p in procs}:
+def _signal(procs: Sequence[ProcInfo], sig: signal.Signals, groups: bool = True) -> None:
+    for pgid in {p.pgid for p in procs} if groups else ():
         if pgid > 1 and pgid != os.getpgid(0):
             try:
                 os.killpg(pgid, sig)
@@ -199,17 +224,17 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
         time.sleep(0.1)
 
 
-def end_processes(procs: Sequence[ProcInfo], grace: float = 15.0) -> list[ProcInfo]:
-    """SIGTERM the processes and their groups, wait ``grace`` s, SIGKILL survivors, verify.
+def end_processes(procs: Sequence[ProcInfo], grace: float = 15.0, *, groups: bool = True) -> list[ProcInfo]:
+    """SIGTERM the processes and (``groups``) their groups, wait ``grace`` s, SIGKILL survivors, verify.
 
     Returns what was ended; raises ``StopError`` if anything survives SIGKILL.
     """
     if not procs:
         return []
-    _signal(procs, signal.SIGTERM)
+    _signal(procs, signal.SIGTERM, groups)
     left = _wait_gone({p.pid for p in procs}, grace)
     if left:
-        _signal([p for p in procs if p.pid in left], signal.SIGKILL)
+        _signal([p for p in procs if p.pid in left], signal.SIGKILL, groups)
         left = _wait_gone(left, 10.0)
     if left:
         raise StopError(
