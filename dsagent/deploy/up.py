@@ -22,9 +22,9 @@ from ..system import gpus as machine
 from ..system.gpus import detect_device
 from ..system.ports import check_port, free_port, is_local_address, port_is_free
 from ..system.procs import port_owner
-from ..weights.fetch import fetch
+from ..weights.fetch import FetchResult, fetch
 from .join import JoinSpec, join_command
-from .launch import (ServeOptions, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of,
+from .launch import (ServeOptions, ServePlan, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of,
                      serves_dummy_weights)
 from .ready import Progress, log_tail
 from .raycluster import attach_ray
@@ -166,6 +166,34 @@ def _head(opts: ServeOptions) -> ServeOptions:
     return replace(opts, node_rank=0, master_addr=opts.node_ip)
 
 
+def _several_nodes(opts: ServeOptions, restart: RestartPolicy | None, foreground: bool) -> ServeOptions:
+    """Checks of a deployment over several nodes: no supervisor (a multi-node deployment restarts
+    only as a whole); with vLLM's multi-node engine this node is the head."""
+    if restart is not None and (restart.mode != "no" or foreground):
+        raise InvalidOptionError(f"--restart/--foreground with --nodes {opts.nodes}: a supervisor restarts one "
+                                 "node's engine, and a multi-node deployment restarts only as a whole",
+                                 "leave out --restart; a node that fails is reported on the head, which stops "
+                                 "(docs/multinode.md), and `dsagent up` + the join commands start it again",
+                                 option="--restart", value=restart.mode)
+    return _head(opts) if opts.backend == "mp" else opts
+
+
+def _start(plan: ServePlan, record: Deployment, spec: ModelSpec, fetched: FetchResult, peers: Sequence[str],
+           settings: Settings, step: Step) -> Deployment:
+    """Launch ``plan``; the head of several nodes (vLLM's multi-node engine) first pins its network
+    interface and prints every node's join command, then holds the roll call (``watch``)."""
+    opts = plan.options
+    head = opts.nodes > 1 and opts.backend == "mp"
+    if head:
+        plan = pin_interface(plan)
+        record.env = {**record.env, **plan.env}
+        record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
+        _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
+    step(f"serve: {' '.join(plan.argv[1:])}")
+    record = launch(plan, settings, api_key=settings.api_key(), record=record)
+    return start_watcher(record, settings, head=True) if head else record
+
+
 def _model_ref(spec: ModelSpec) -> str:
     """How another node names the model: the hub id, the folder's path, or the catalog name."""
     return spec.repo_id if spec.source == "hub" else str(spec.path) if spec.path else spec.name
@@ -224,14 +252,8 @@ def up(
         ready = dep.state == State.READY and live_state(dep) == State.READY
         return follow(dep, settings, timeout=timeout, on_progress=on_progress) if wait_ready and not ready else dep
 
-    if opts.nodes > 1 and restart is not None and (restart.mode != "no" or foreground):
-        raise InvalidOptionError(f"--restart/--foreground with --nodes {opts.nodes}: a supervisor restarts one "
-                                 "node's engine, and a multi-node deployment restarts only as a whole",
-                                 "leave out --restart; a node that fails is reported on the head, which stops "
-                                 "(docs/multinode.md), and `dsagent up` + the join commands start it again",
-                                 option="--restart", value=restart.mode)
-    if opts.nodes > 1 and opts.backend == "mp":
-        opts = _head(opts)
+    if opts.nodes > 1:
+        opts = _several_nodes(opts, restart, foreground)
     step(f"estimate: {spec.name} on {opts.device}, tp {opts.tp} pp {opts.pp}"
          + (f" dp {opts.dp}" if opts.dp > 1 else "") + (f" over {opts.nodes} nodes" if opts.nodes > 1 else ""))
     version = cache(lambda: engine_version(settings, opts.device))
@@ -252,16 +274,7 @@ def up(
     record = record_of(plan, settings, model=spec.repo_id or spec.name, vllm_version=version(), estimate=estimate,
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
     record.dp = opts.dp
-    if opts.nodes > 1 and opts.backend == "mp":
-        plan = pin_interface(plan)
-        record.env = {**record.env, **plan.env}
-        record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
-        _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
-    step(f"serve: {' '.join(plan.argv[1:])}")
-    record = launch(plan, settings, api_key=settings.api_key(), record=record)
-    if opts.nodes > 1 and opts.backend == "mp":
-        record = start_watcher(record, settings, head=True)
-    record = _supervised(record, restart, foreground, settings)
+    record = _supervised(_start(plan, record, spec, fetched, peers, settings, step), restart, foreground, settings)
     return follow(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 
 
