@@ -33,17 +33,20 @@ from typing import Any
 
 import httpx
 import openai
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import BaseChatOpenAI
+from pydantic import PrivateAttr
 
 from ..deploy.records import Deployment
 from ..deploy.up import attach, up
 from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve
 from ..settings import Settings
+from . import budget as _budget
 from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
+from .tools import ToolStream, apply_tools, constrained, convert_result
 
 __all__ = ["LocalChatDeepSeek", "LocalChatOpenAI", "fold_system_prompt", "local_deepseek"]
 
@@ -95,6 +98,10 @@ class _LocalChat(BaseChatOpenAI):
     idle_timeout: float = 60.0
     fold_system: bool = False
     think_open: bool = False  # the template opens <think> itself and no parser splits it
+    thinking_budget: int | None = None
+    """Reasoning tokens allowed before ``</think>`` is forced (``None``: no limit); per call too:
+    ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/budget.py)."""
+    _loop: Any = PrivateAttr(default=None)
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -104,6 +111,7 @@ class _LocalChat(BaseChatOpenAI):
 
     def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        apply_tools(payload)
         if self.fold_system and "messages" in payload:
             payload["messages"] = fold_system_prompt(payload["messages"])
         if payload.get("stream"):
@@ -164,7 +172,64 @@ class _LocalChat(BaseChatOpenAI):
         new = msg.model_copy(update={"content": content, "additional_kwargs": extra})
         return ChatGenerationChunk(message=new, generation_info=gen.generation_info)
 
-    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def _bind_loop(self) -> None:
+        """One async HTTP client per event loop: LangChain caches one across instances and
+        loops, and its pooled connections die with the loop that made them ("Event loop is
+        closed" on the second ``asyncio.run``)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop or self.http_async_client is not None or self.root_async_client is None:
+            return
+        self.root_async_client = self.root_async_client.copy(http_client=openai.DefaultAsyncHttpxClient())
+        self.async_client = self.root_async_client.chat.completions
+        self._loop = loop
+
+    def _generate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            result = _budget.generate(self, messages, stop, int(limit), kwargs)
+        else:
+            result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return convert_result(result) if constrained(kwargs) else result
+
+    async def _agenerate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                         **kwargs: Any) -> ChatResult:
+        self._bind_loop()
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            result = await _budget.agenerate(self, messages, stop, int(limit), kwargs)
+        else:
+            result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        return convert_result(result) if constrained(kwargs) else result
+
+    def _stream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[Any]:
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            source = _budget.stream(self, messages, stop, int(limit), kwargs, run_manager)
+        else:
+            source = self._stream_chat(messages, stop, run_manager, **kwargs)
+        tools = ToolStream() if constrained(kwargs) else None
+        for gen in source:
+            yield tools.convert(gen) if tools else gen
+        if tools and (tail := tools.tail()):
+            yield tail
+
+    async def _astream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[Any]:
+        self._bind_loop()
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            source = _budget.astream(self, messages, stop, int(limit), kwargs, run_manager)
+        else:
+            source = self._astream_chat(messages, stop, run_manager, **kwargs)
+        tools = ToolStream() if constrained(kwargs) else None
+        async for gen in source:
+            yield tools.convert(gen) if tools else gen
+        if tools and (tail := tools.tail()):
+            yield tail
+
+    def _stream_chat(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         splitter = ThinkSplitter(inside=self.think_open)
         first = True
         try:
@@ -174,7 +239,7 @@ class _LocalChat(BaseChatOpenAI):
         except (httpx.ReadTimeout, openai.APITimeoutError) as exc:
             raise _stream_timeout(first, self) from exc
 
-    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def _astream_chat(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         splitter = ThinkSplitter(inside=self.think_open)
         stream = super()._astream(*args, **kwargs).__aiter__()
         first = True
@@ -184,7 +249,7 @@ class _LocalChat(BaseChatOpenAI):
                 gen = await asyncio.wait_for(stream.__anext__(), timeout=limit)
             except StopAsyncIteration:
                 return
-            except (asyncio.TimeoutError, httpx.ReadTimeout, openai.APITimeoutError) as exc:
+            except (TimeoutError, httpx.ReadTimeout, openai.APITimeoutError) as exc:
                 await _aclose(stream)
                 raise _stream_timeout(first, self) from exc
             first = False
