@@ -45,6 +45,13 @@ class _Call:
     url: str
     headers: dict[str, str]
     timeout: float
+    context: int = 0  # the server's max_model_len, from /tokenize
+
+    def second(self, prompt: list[int]) -> dict[str, Any]:
+        """Request 2's arguments; with no max_tokens, the rest of the context (as a chat request
+        gets), not the completions API's default of 16."""
+        answer = {**self.answer, "max_tokens": self.answer["max_tokens"] or max(1, self.context - len(prompt))}
+        return {"model": self.model, "prompt": prompt, **self.sampling, **answer}
 
 
 def _call(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict) -> _Call:
@@ -57,9 +64,7 @@ def _call(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kw
     sampling = {k: payload[k] for k in _SAMPLING if payload.get(k) is not None}
     sampling["extra_body"] = {k: v for k, v in extra.items() if k != "structured_outputs"}
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    answer: dict[str, Any] = {"extra_body": extra}
-    if limit:
-        answer["max_tokens"] = limit
+    answer: dict[str, Any] = {"extra_body": extra, "max_tokens": limit}
     if payload.get("stop"):
         answer["stop"] = payload["stop"]
     root = str(llm.root_client.base_url).rstrip("/").removesuffix("/v1")
@@ -97,20 +102,26 @@ def _second_prefix(first: _First, opened: bool) -> tuple[str | None, str, str]:
     return reasoning, text.rstrip() + f"\n{CLOSE}\n\n", ""
 
 
-def _usage(first: _First, answer_tokens: int) -> dict[str, Any]:
+def _usage(first: _First, answer_tokens: int, thinking: bool) -> dict[str, Any]:
     out = first.tokens + answer_tokens
     return {"input_tokens": first.prompt_tokens, "output_tokens": out, "total_tokens": first.prompt_tokens + out,
-            "output_token_details": {"reasoning": first.tokens}}
+            "output_token_details": {"reasoning": first.tokens if thinking else 0}}
 
 
 def _result(call: _Call, first: _First, reasoning: str | None, answer: str, second: Any) -> ChatResult:
     choice = second.choices[0]
-    extra = {"reasoning_content": reasoning} if reasoning is not None else {}
+    thinking = reasoning is not None
+    extra = {"reasoning_content": reasoning} if thinking else {}
     meta = {"finish_reason": choice.finish_reason, "model_name": call.model, "model_provider": "deepseek",
-            "thinking_budget": {"reasoning_tokens": first.tokens, "cut": first.finish == "length"}}
+            "thinking_budget": _budget_meta(first, thinking)}
+    answer_tokens = second.usage.completion_tokens if second.usage else 0
     message = AIMessage(content=answer, additional_kwargs=extra, response_metadata=meta,
-                        usage_metadata=_usage(first, second.usage.completion_tokens if second.usage else 0))
+                        usage_metadata=_usage(first, answer_tokens, thinking))
     return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _budget_meta(first: _First, thinking: bool) -> dict[str, Any]:
+    return {"reasoning_tokens": first.tokens if thinking else 0, "cut": thinking and first.finish == "length"}
 
 
 def _opened(prompt_tail: str) -> bool:
@@ -131,13 +142,15 @@ async def _apost(call: _Call, path: str, body: dict[str, Any]) -> dict[str, Any]
 
 
 def _prompt(call: _Call, think_open: bool) -> tuple[list[int], bool]:
-    ids = _post(call, "/tokenize", _tokenize_body(call))["tokens"]
+    rendered = _post(call, "/tokenize", _tokenize_body(call))
+    ids, call.context = rendered["tokens"], rendered["max_model_len"]
     tail = _post(call, "/detokenize", {"model": call.model, "tokens": ids[-8:]})["prompt"]
     return ids, think_open or _opened(tail)
 
 
 async def _aprompt(call: _Call, think_open: bool) -> tuple[list[int], bool]:
-    ids = (await _apost(call, "/tokenize", _tokenize_body(call)))["tokens"]
+    rendered = await _apost(call, "/tokenize", _tokenize_body(call))
+    ids, call.context = rendered["tokens"], rendered["max_model_len"]
     tail = (await _apost(call, "/detokenize", {"model": call.model, "tokens": ids[-8:]}))["prompt"]
     return ids, think_open or _opened(tail)
 
@@ -160,7 +173,7 @@ def generate(llm: Any, messages: list[Any], stop: list[str] | None, budget: int,
                                          **call.sampling))
     reasoning, append, done = _second_prefix(first, opened)
     more = _post(call, "/tokenize", _more(call, append))["tokens"]
-    second = completions.create(model=call.model, prompt=ids + more, **call.sampling, **call.answer)
+    second = completions.create(**call.second(ids + more))
     return _result(call, first, reasoning, done + second.choices[0].text, second)
 
 
@@ -174,7 +187,7 @@ async def agenerate(llm: Any, messages: list[Any], stop: list[str] | None, budge
                                                **call.sampling))
     reasoning, append, done = _second_prefix(first, opened)
     more = (await _apost(call, "/tokenize", _more(call, append)))["tokens"]
-    second = await completions.create(model=call.model, prompt=ids + more, **call.sampling, **call.answer)
+    second = await completions.create(**call.second(ids + more))
     return _result(call, first, reasoning, done + second.choices[0].text, second)
 
 
@@ -206,12 +219,12 @@ class _Chunks:
             return None
         return ChatGenerationChunk(message=AIMessageChunk(content=chunk.choices[0].text))
 
-    def last(self, model: str) -> ChatGenerationChunk:
+    def last(self, model: str, opened: bool) -> ChatGenerationChunk:
         first = _First(self.text, self.finish, self.tokens, self.prompt_tokens)
-        meta = {"model_name": model, "model_provider": "deepseek",
-                "thinking_budget": {"reasoning_tokens": self.tokens, "cut": self.finish == "length"}}
-        return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=meta,
-                                                          usage_metadata=_usage(first, self.answer_tokens)))
+        thinking = _second_prefix(first, opened)[0] is not None
+        meta = {"model_name": model, "model_provider": "deepseek", "thinking_budget": _budget_meta(first, thinking)}
+        usage = _usage(first, self.answer_tokens, thinking)
+        return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=meta, usage_metadata=usage))
 
 
 _STREAM = {"stream": True, "stream_options": {"include_usage": True}}
@@ -230,11 +243,11 @@ def stream(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, k
             yield _notify(run_manager, gen)
     _, append, _ = _second_prefix(_First(chunks.text, chunks.finish, 0, 0), opened)
     more = _post(call, "/tokenize", _more(call, append))["tokens"]
-    for chunk in completions.create(model=call.model, prompt=ids + more, **call.sampling, **call.answer,
+    for chunk in completions.create(**call.second(ids + more),
                                     **_STREAM):
         if gen := chunks.second(chunk):
             yield _notify(run_manager, gen)
-    yield chunks.last(call.model)
+    yield chunks.last(call.model, opened)
 
 
 async def astream(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict,
@@ -250,11 +263,10 @@ async def astream(llm: Any, messages: list[Any], stop: list[str] | None, budget:
             yield await _anotify(run_manager, gen)
     _, append, _ = _second_prefix(_First(chunks.text, chunks.finish, 0, 0), opened)
     more = (await _apost(call, "/tokenize", _more(call, append)))["tokens"]
-    async for chunk in await completions.create(model=call.model, prompt=ids + more, **call.sampling,
-                                                **call.answer, **_STREAM):
+    async for chunk in await completions.create(**call.second(ids + more), **_STREAM):
         if gen := chunks.second(chunk):
             yield await _anotify(run_manager, gen)
-    yield chunks.last(call.model)
+    yield chunks.last(call.model, opened)
 
 
 def _notify(run_manager: Any, gen: ChatGenerationChunk) -> ChatGenerationChunk:

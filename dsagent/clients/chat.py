@@ -46,7 +46,7 @@ from ..plan.catalog import resolve
 from ..settings import Settings
 from . import budget as _budget
 from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
-from .tools import ToolStream, apply_tools, constrained, convert_result
+from .tools import ToolStream, apply_tools, constrained, convert_result, without_repeats
 
 __all__ = ["LocalChatDeepSeek", "LocalChatOpenAI", "fold_system_prompt", "local_deepseek"]
 
@@ -101,6 +101,10 @@ class _LocalChat(BaseChatOpenAI):
     thinking_budget: int | None = None
     """Reasoning tokens allowed before ``</think>`` is forced (``None``: no limit); per call too:
     ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/budget.py)."""
+    tool_repeats: str = "args"
+    """A tool call that repeats one of the open turn is asked again without the tools already
+    called: ``"args"`` (same name and arguments), ``"name"`` (each tool once per turn) or
+    ``"allow"`` (dsagent/clients/tools.py ``without_repeats``)."""
     _loop: Any = PrivateAttr(default=None)
 
     @classmethod
@@ -190,7 +194,13 @@ class _LocalChat(BaseChatOpenAI):
             result = _budget.generate(self, messages, stop, int(limit), kwargs)
         else:
             result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        return convert_result(result) if constrained(kwargs) else result
+        if not constrained(kwargs):
+            return result
+        result = convert_result(result)
+        again = without_repeats(messages, result, kwargs, self.tool_repeats)
+        if again is None:
+            return result
+        return self._generate(messages, stop, run_manager, thinking_budget=limit, **again)
 
     async def _agenerate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
@@ -200,7 +210,13 @@ class _LocalChat(BaseChatOpenAI):
             result = await _budget.agenerate(self, messages, stop, int(limit), kwargs)
         else:
             result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        return convert_result(result) if constrained(kwargs) else result
+        if not constrained(kwargs):
+            return result
+        result = convert_result(result)
+        again = without_repeats(messages, result, kwargs, self.tool_repeats)
+        if again is None:
+            return result
+        return await self._agenerate(messages, stop, run_manager, thinking_budget=limit, **again)
 
     def _stream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                 **kwargs: Any) -> Iterator[Any]:
@@ -274,6 +290,13 @@ def _deployment(model: str | None, ensure: bool, settings: Settings, wait_timeou
     return attach(_name_of(model) if model else None, settings=settings, wait_timeout=wait_timeout)
 
 
+def _tool_repeats(name: str) -> str:
+    try:
+        return resolve(name).tool_repeats
+    except InputError:
+        return "args"
+
+
 def _name_of(model: str) -> str:
     try:
         return resolve(model).name
@@ -314,6 +337,7 @@ def local_deepseek(
         "max_retries": 2,
         "stream_usage": True,
         "fold_system": dep.reasoning,
+        "tool_repeats": _tool_repeats(dep.name),
     }
     if dep.reasoning:
         params.update(R1_SAMPLING)

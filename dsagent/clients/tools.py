@@ -6,7 +6,8 @@ vLLM at all: it describes them in a system message and constrains the answer wit
 (``structured_outputs``, vLLM's guided decoding) that admits exactly
 
 * ``{"name": <one bound tool>, "arguments": <that tool's parameters>}``, or
-* ``{"answer": "<text>"}`` (only for ``tool_choice="auto"``),
+* ``{"name": "final_answer", "arguments": {"answer": "<text>"}}`` (only for ``tool_choice="auto"``:
+  one shape for both, so that a small model picks between names, not between formats),
 
 then turns the JSON back into a normal ``AIMessage`` with ``tool_calls`` or ``content``. With
 vLLM's reasoning parser on (R1), the ``<think>`` part stays outside the constraint. Tool calls
@@ -18,7 +19,7 @@ and tool results in the history go back as plain text turns, which every chat te
 [{'const': 'add'}]
 >>> parse_answer('{"name": "add", "arguments": {"a": 1}}')[1][0]["args"]
 {'a': 1}
->>> parse_answer('{"answer": "Hi"}')
+>>> parse_answer('{"name": "final_answer", "arguments": {"answer": "Hi"}}')
 ('Hi', [])
 """
 
@@ -34,10 +35,12 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 __all__ = ["StreamDecoder", "ToolStream", "answer_schema", "apply_tools", "chosen", "constrained", "convert_result",
-           "parse_answer", "tool_call_id"]
+           "parse_answer", "tool_call_id", "without_repeats"]
 
 _CALL_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
-_ANSWER_HEAD = re.compile(r'^\s*\{\s*"answer"\s*:\s*"')
+ANSWER = "final_answer"
+FOLD = False
+_ANSWER_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"final_answer"\s*,\s*"arguments"\s*:\s*\{\s*"answer"\s*:\s*"')
 
 
 def tool_call_id() -> str:
@@ -73,14 +76,18 @@ def answer_schema(tools: list[Mapping[str, Any]], choice: str) -> dict[str, Any]
     functions = [t.get("function", t) for t in tools]
     if choice not in ("auto", "required"):
         functions = [f for f in functions if f["name"] == choice]
+    if choice == ANSWER:  # every tool was called: the answer only (without_repeats)
+        functions = []
     branches: list[dict[str, Any]] = [
         {"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": _params(f)},
          "required": ["name", "arguments"], "additionalProperties": False}
         for f in functions
     ]
-    if choice == "auto":
-        branches.append({"type": "object", "properties": {"answer": {"type": "string"}},
-                         "required": ["answer"], "additionalProperties": False})
+    if choice in ("auto", ANSWER):
+        answer = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+                  "additionalProperties": False}
+        branches.append({"type": "object", "properties": {"name": {"const": ANSWER}, "arguments": answer},
+                         "required": ["name", "arguments"], "additionalProperties": False})
     return {"anyOf": branches}
 
 
@@ -90,15 +97,23 @@ def _signature(f: Mapping[str, Any]) -> str:
     return f'- {f["name"]}: {f.get("description", "").strip()} Arguments: {{{args}}}'
 
 
+def _example(f: Mapping[str, Any]) -> str:
+    """The shape of a call of ``f``, with typed placeholders (values would be copied)."""
+    props = _params(f)["properties"]
+    args = ",".join(f'"{k}":<{v.get("type", "value")}>' for k, v in props.items())
+    return f'{{"name":"{f["name"]}","arguments":{{{args}}}}}'
+
+
 def _hint(tools: list[Mapping[str, Any]], choice: str) -> str:
     functions = [t.get("function", t) for t in tools]
-    lines = ["You can call these tools:", *(_signature(f) for f in functions), "",
-             'Reply with JSON only. To call a tool: {"name": "<tool name>", "arguments": {...}}.']
-    if choice == "auto":
-        lines += ['To answer the user: {"answer": "<your answer>"}.',
-                  ("Call a tool when the user's request needs one. Once you have the tool results you need, "
-                   "answer with them.")]
-    else:
+    lines = ["You have these tools:", *(_signature(f) for f in functions), "",
+             'Reply with JSON only. To call a tool: {"name":"<tool name>","arguments":{<its arguments>}}']
+    if choice in ("auto", ANSWER):
+        lines += [f'To answer the user, call {ANSWER}: {{"name":"{ANSWER}","arguments":{{"answer":"<your answer>"}}}}',
+                  ("If a tool can compute or look up what the user asks, call it first and do not guess. "
+                   "Never repeat a call you already made: use its result, call the next tool the task needs, "
+                   f"or call {ANSWER} once the results give the answer.")]
+    if choice != "auto":
         lines.append(f"Call {'a tool' if choice == 'required' else choice} now.")
     return "\n".join(lines)
 
@@ -112,26 +127,48 @@ def _text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+def _call_text(call: Mapping[str, Any]) -> tuple[str, str]:
+    """``(JSON as the model writes it, "name(a=1, b=2)")`` of an OpenAI-format tool call."""
+    fn = call.get("function", {})
+    args = json.loads(fn.get("arguments") or "{}")
+    shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
+    written = json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False, separators=(",", ":"))
+    return written, f'{fn.get("name", "")}({shown})'
+
+
 def _history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Assistant tool calls as the JSON the model writes; tool results as user turns."""
-    names: dict[str, str] = {}
+    """Tool calls and results in a shape every chat template (and a small model) takes.
+
+    Finished exchanges: assistant calls as the JSON the model writes, results as user turns.
+    The open one (the calls and results after the last user turn) is folded into that user
+    turn as a list of results so far: small models copy their previous turn when it is there.
+    """
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    shown: dict[str, str] = {}  # tool call id -> "name(args)"
     out: list[dict[str, Any]] = []
-    for m in messages:
-        role = m.get("role")
+    results: list[str] = []
+    for i, m in enumerate(messages):
+        role, open_turn = m.get("role"), FOLD and last_user >= 0 and i > last_user
         if role == "assistant" and m.get("tool_calls"):
-            calls = []
+            texts = []
             for call in m["tool_calls"]:
-                fn = call.get("function", {})
-                names[call.get("id", "")] = fn.get("name", "")
-                args = json.loads(fn.get("arguments") or "{}")
-                calls.append(json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False))
+                written, shown[call.get("id", "")] = _call_text(call)
+                texts.append(written)
             text = _text(m.get("content")).strip()
-            out.append({"role": "assistant", "content": "\n".join([text, *calls] if text else calls)})
+            if not open_turn:
+                out.append({"role": "assistant", "content": "\n".join([text, *texts] if text else texts)})
         elif role == "tool":
-            name = names.get(m.get("tool_call_id", ""), "the tool")
-            out.append({"role": "user", "content": f"Result of {name}: {_text(m.get('content'))}"})
+            line = f"{shown.get(m.get('tool_call_id', ''), 'the tool')} = {_text(m.get('content'))}"
+            if open_turn:
+                results.append(line)
+            else:
+                out.append({"role": "user", "content": line})
         else:
             out.append(m)
+    if results:
+        note = "\n".join(["", "", "Tool results so far (do not call these again):", *results])
+        i = max(i for i, m in enumerate(out) if m.get("role") == "user")
+        out[i] = {**out[i], "content": _text(out[i]["content"]) + note}
     return out
 
 
@@ -168,9 +205,9 @@ def parse_answer(text: str) -> tuple[str, list[dict[str, Any]]]:
         return text, []
     if isinstance(data, dict) and isinstance(data.get("name"), str) and "arguments" in data:
         args = data["arguments"] if isinstance(data["arguments"], dict) else {}
+        if data["name"] == ANSWER and isinstance(args.get("answer"), str):
+            return args["answer"], []
         return "", [{"name": data["name"], "args": args, "id": tool_call_id(), "type": "tool_call"}]
-    if isinstance(data, dict) and isinstance(data.get("answer"), str):
-        return data["answer"], []
     return text, []
 
 
@@ -181,7 +218,7 @@ class StreamDecoder:
     >>> [d.feed(x) for x in ('{"name": "add", "argu', 'ments": {"a":', ' 1}', '}')] + [d.close()]
     [[], [('call', 'add'), ('args', '{"a":')], [('args', ' 1')], [], ('args', '}')]
     >>> d = StreamDecoder()
-    >>> [d.feed(x) for x in ('{"answer": "Pa', 'ris\\\\n', '"}')] + [d.close()]
+    >>> [d.feed(x) for x in ('{"name":"final_answer","arguments":{"answer": "Pa', 'ris\\\\n', '"}}')] + [d.close()]
     [[('text', 'Pa')], [('text', 'ris\\n')], [], None]
     """
 
@@ -194,12 +231,11 @@ class StreamDecoder:
         self.buf += text
         events: list[tuple[str, ...]] = []
         if not self.mode:
-            head = _CALL_HEAD.match(self.buf)
-            if head:
+            if head := _ANSWER_HEAD.match(self.buf):
+                self.mode, self.buf = "answer", self.buf[head.end():]
+            elif (head := _CALL_HEAD.match(self.buf)) and not ANSWER.startswith(head.group(1)):
                 self.mode, self.buf = "call", self.buf[head.end():]
                 events.append(("call", json.loads(f'"{head.group(1)}"')))
-            elif head := _ANSWER_HEAD.match(self.buf):
-                self.mode, self.buf = "answer", self.buf[head.end():]
             else:
                 return events
         delta = self._delta()
@@ -303,3 +339,37 @@ class ToolStream:
             return ChatGenerationChunk(message=AIMessageChunk(content=rest)) if rest else None
         last = self.decoder.close()
         return ChatGenerationChunk(message=self._chunk(None, [last])) if last else None
+
+
+def _key(name: str, args: Any) -> str:
+    return json.dumps([name, args], sort_keys=True, ensure_ascii=False)
+
+
+def without_repeats(messages: list[Any], result: ChatResult, kwargs: Mapping[str, Any],
+                    repeats: str = "args") -> dict[str, Any] | None:
+    """The call's arguments once more without the tools already called in the open turn, when the
+    answer (``tool_choice="auto"``) repeats a call whose result is already there; else ``None``.
+
+    Small models copy their previous call instead of taking the next step; a repeat would only
+    fetch the same result again, so it is asked once more, with those tools out of the schema
+    (none left: the answer only). The whole exchange after the last user turn is the open turn.
+    ``repeats``: ``"args"`` (a call with the same name and arguments), ``"name"`` (any call of a
+    tool already called: each tool once per turn, what a 135M model needs to take the next step
+    of a task) or ``"allow"`` (no check).
+    """
+    if chosen(kwargs.get("tool_choice")) != "auto":
+        return None
+    calls = getattr(result.generations[0].message, "tool_calls", None) if result.generations else None
+    if not calls:
+        return None
+    last_user = max((i for i, m in enumerate(messages) if getattr(m, "type", "") == "human"), default=-1)
+    done = [c for m in messages[last_user + 1:] for c in getattr(m, "tool_calls", None) or []]
+    if repeats == "allow":
+        return None
+    if repeats == "name" and calls[0]["name"] not in {c["name"] for c in done}:
+        return None
+    if repeats != "name" and _key(calls[0]["name"], calls[0]["args"]) not in {_key(c["name"], c["args"]) for c in done}:
+        return None
+    names = {c["name"] for c in done}
+    tools = [t for t in kwargs.get("tools") or [] if t.get("function", t).get("name") not in names]
+    return {**kwargs, "tools": tools} if tools else {**kwargs, "tool_choice": ANSWER}
