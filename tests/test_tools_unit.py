@@ -118,3 +118,11 @@ def test_a_repeated_call_is_asked_again_without_the_tools_already_called():
     done = _open_turn(("add", {"a": 3, "b": 4}), ("multiply", {"a": 7, "b": 4}))
     assert without_repeats(done, same, kwargs)["tool_choice"] == ANSWER  # no tool left: the answer only
     assert without_repeats(messages, same, {**kwargs, "tool_choice": "required"}) is None
+
+
+def test_a_server_with_a_tool_parser_gets_the_tools_as_they_are():
+    """``native_tools`` (set by local_deepseek when the launch had ``--tool-call-parser``)."""
+    llm = LocalChatOpenAI(**PARAMS, native_tools=True)
+    payload = llm._get_request_payload([HumanMessage("Hi")], **llm.bind_tools([add], tool_choice="any").kwargs)
+    assert payload["tools"][0]["function"]["name"] == "add" and payload["tool_choice"] == "required"
+    assert "structured_outputs" not in (payload.get("extra_body") or {})

@@ -3,8 +3,9 @@
 Base URL, key and served model name come from the deployment record, so callers never type
 them. ``LocalChatDeepSeek`` and ``LocalChatOpenAI`` subclass ``ChatDeepSeek`` / ``ChatOpenAI``
 and change only what a local vLLM needs: reasoning in one place whatever the server sent, R1's
-system-prompt rule, and streaming timeouts. The model is returned bare (not ``with_retry``), so
-``bind_tools`` and ``with_structured_output`` work.
+system-prompt rule, streaming timeouts, tool calls for models without a vLLM tool parser
+(``tools.py``), a thinking budget (``budget.py``) and one async client per event loop. The model
+is returned bare (not ``with_retry``), so ``bind_tools`` and ``with_structured_output`` work.
 
 One layer per concern, no stacking:
 
@@ -101,6 +102,9 @@ class _LocalChat(BaseChatOpenAI):
     thinking_budget: int | None = None
     """Reasoning tokens allowed before ``</think>`` is forced (``None``: no limit); per call too:
     ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/budget.py)."""
+    native_tools: bool = False
+    """The server parses tool calls itself (launched with ``--tool-call-parser``): ``tools`` go to
+    vLLM as they are; otherwise through structured outputs (dsagent/clients/tools.py)."""
     tool_repeats: str = "args"
     """A tool call that repeats one of the open turn is asked again without the tools already
     called: ``"args"`` (same name and arguments), ``"name"`` (each tool once per turn) or
@@ -115,7 +119,8 @@ class _LocalChat(BaseChatOpenAI):
 
     def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
-        apply_tools(payload)
+        if not self.native_tools:
+            apply_tools(payload)
         if self.fold_system and "messages" in payload:
             payload["messages"] = fold_system_prompt(payload["messages"])
         if payload.get("stream"):
@@ -194,7 +199,7 @@ class _LocalChat(BaseChatOpenAI):
             result = _budget.generate(self, messages, stop, int(limit), kwargs)
         else:
             result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        if not constrained(kwargs):
+        if self.native_tools or not constrained(kwargs):
             return result
         result = convert_result(result)
         again = without_repeats(messages, result, kwargs, self.tool_repeats)
@@ -210,7 +215,7 @@ class _LocalChat(BaseChatOpenAI):
             result = await _budget.agenerate(self, messages, stop, int(limit), kwargs)
         else:
             result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        if not constrained(kwargs):
+        if self.native_tools or not constrained(kwargs):
             return result
         result = convert_result(result)
         again = without_repeats(messages, result, kwargs, self.tool_repeats)
@@ -225,7 +230,7 @@ class _LocalChat(BaseChatOpenAI):
             source = _budget.stream(self, messages, stop, int(limit), kwargs, run_manager)
         else:
             source = self._stream_chat(messages, stop, run_manager, **kwargs)
-        tools = ToolStream() if constrained(kwargs) else None
+        tools = ToolStream() if constrained(kwargs) and not self.native_tools else None
         for gen in source:
             yield tools.convert(gen) if tools else gen
         if tools and (tail := tools.tail()):
@@ -239,7 +244,7 @@ class _LocalChat(BaseChatOpenAI):
             source = _budget.astream(self, messages, stop, int(limit), kwargs, run_manager)
         else:
             source = self._astream_chat(messages, stop, run_manager, **kwargs)
-        tools = ToolStream() if constrained(kwargs) else None
+        tools = ToolStream() if constrained(kwargs) and not self.native_tools else None
         async for gen in source:
             yield tools.convert(gen) if tools else gen
         if tools and (tail := tools.tail()):
@@ -338,6 +343,7 @@ def local_deepseek(
         "stream_usage": True,
         "fold_system": dep.reasoning,
         "tool_repeats": _tool_repeats(dep.name),
+        "native_tools": "--tool-call-parser" in dep.argv,
     }
     if dep.reasoning:
         params.update(R1_SAMPLING)
