@@ -20,6 +20,8 @@ from langchain_core.tools import tool
 
 from dsagent.clients.chat import local_deepseek
 
+pytestmark = pytest.mark.timeout(900)  # the first test here may start the session server (minutes when loaded)
+
 
 @tool
 def add(a: int, b: int) -> int:
@@ -53,7 +55,6 @@ def test_agent_combines_two_tools_to_the_right_answer(server):
     assert "28" in messages[-1].content
 
 
-@pytest.mark.timeout(400)
 async def test_agent_uses_a_tool_of_another_mcp_server(server):
     """The tool comes from a stdio MCP server (a child process) through ``langchain.mcp``."""
     from langchain.agents import create_agent
