@@ -126,3 +126,16 @@ def test_a_server_with_a_tool_parser_gets_the_tools_as_they_are():
     payload = llm._get_request_payload([HumanMessage("Hi")], **llm.bind_tools([add], tool_choice="any").kwargs)
     assert payload["tools"][0]["function"]["name"] == "add" and payload["tool_choice"] == "required"
     assert "structured_outputs" not in (payload.get("extra_body") or {})
+
+
+def test_a_tool_named_like_the_answer_is_refused():
+    from dsagent.errors import InvalidOptionError
+
+    @tool
+    def reply(text: str) -> str:
+        """Reply."""
+        return text
+
+    llm = LocalChatOpenAI(**PARAMS)
+    with pytest.raises(InvalidOptionError, match="rename the tool"):
+        llm._get_request_payload([HumanMessage("Hi")], **llm.bind_tools([reply]).kwargs)

@@ -6,7 +6,7 @@ vLLM at all: it describes them in a system message and constrains the answer wit
 (``structured_outputs``, vLLM's guided decoding) that admits exactly
 
 * ``{"name": <one bound tool>, "arguments": <that tool's parameters>}``, or
-* ``{"name": "final_answer", "arguments": {"answer": "<text>"}}`` (only for ``tool_choice="auto"``:
+* ``{"name": "reply", "arguments": {"answer": "<text>"}}`` (only for ``tool_choice="auto"``:
   one shape for both, so that a small model picks between names, not between formats),
 
 then turns the JSON back into a normal ``AIMessage`` with ``tool_calls`` or ``content``. With
@@ -19,7 +19,7 @@ and tool results in the history go back as plain text turns, which every chat te
 [{'const': 'add'}]
 >>> parse_answer('{"name": "add", "arguments": {"a": 1}}')[1][0]["args"]
 {'a': 1}
->>> parse_answer('{"name": "final_answer", "arguments": {"answer": "Hi"}}')
+>>> parse_answer('{"name": "reply", "arguments": {"answer": "Hi"}}')
 ('Hi', [])
 """
 
@@ -34,13 +34,15 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
+from ..errors import InvalidOptionError
+
 __all__ = ["StreamDecoder", "ToolStream", "answer_schema", "apply_tools", "chosen", "constrained", "convert_result",
            "parse_answer", "tool_call_id", "without_repeats"]
 
 _CALL_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
-ANSWER = "final_answer"
+ANSWER = "reply"  # of final_answer / respond / reply, the one SmolLM2-135M does not pick over a fitting tool
 FOLD = False
-_ANSWER_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"final_answer"\s*,\s*"arguments"\s*:\s*\{\s*"answer"\s*:\s*"')
+_ANSWER_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"' + ANSWER + r'"\s*,\s*"arguments"\s*:\s*\{\s*"answer"\s*:\s*"')
 
 
 def tool_call_id() -> str:
@@ -184,6 +186,9 @@ def apply_tools(payload: dict[str, Any]) -> bool:
         payload["messages"] = _history(payload["messages"])
     if not tools or choice is None:
         return False
+    if any(t.get("function", t).get("name") == ANSWER for t in tools):
+        raise InvalidOptionError(f"a bound tool is named {ANSWER!r}, the name of the answer in dsagent's tool schema",
+                                 "rename the tool", option="tools", value=ANSWER)
     messages = payload.get("messages") or []
     hint = _hint(tools, choice)
     if messages and messages[0].get("role") in ("system", "developer"):
@@ -218,7 +223,7 @@ class StreamDecoder:
     >>> [d.feed(x) for x in ('{"name": "add", "argu', 'ments": {"a":', ' 1}', '}')] + [d.close()]
     [[], [('call', 'add'), ('args', '{"a":')], [('args', ' 1')], [], ('args', '}')]
     >>> d = StreamDecoder()
-    >>> [d.feed(x) for x in ('{"name":"final_answer","arguments":{"answer": "Pa', 'ris\\\\n', '"}}')] + [d.close()]
+    >>> [d.feed(x) for x in ('{"name":"reply","arguments":{"answer": "Pa', 'ris\\\\n', '"}}')] + [d.close()]
     [[('text', 'Pa')], [('text', 'ris\\n')], [], None]
     """
 
