@@ -30,7 +30,7 @@ class _Unit(ChatModelUnitTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def init_from_env_params(self) -> tuple[dict, dict, dict]:

@@ -1,10 +1,10 @@
 """LangChain's own standard integration suite, for both classes local_deepseek() returns,
 against the test session's real vLLM CPU server.
 
-Feature flags are set for what this deployment really does: no tool calling (vLLM is started
-without a tool-call parser for this model, so `tool_choice="auto"` cannot work), structured
-output through JSON schema (vLLM's guided decoding), usage metadata on (stream_usage), no
-image/audio/PDF inputs.
+Feature flags are set for what this deployment really does: tool calling and tool_choice through
+structured outputs (no vLLM tool parser fits this model: dsagent constrains the answer to a call
+of a bound tool or a final answer, docs/tools.md), structured output through JSON schema (vLLM's
+guided decoding), usage metadata on (stream_usage), no image/audio/PDF inputs.
 
 Sampling is greedy and output is capped at 256 tokens: at the server's default temperature the
 135M model sometimes runs on to the context limit (measured: about 1 structured-output request
@@ -58,7 +58,11 @@ class _Standard(ChatModelIntegrationTests):
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
 
     @property
     def has_structured_output(self) -> bool:

@@ -97,8 +97,10 @@ def test_recipe_scripts_run_against_the_server(server):
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    for script in ("translate.py", "naming.py", "qa.py"):
+    for script in ("translate.py", "naming.py", "qa.py", "agent.py"):
         assert "usage:" in run(sys.executable, str(root / script), "--help")
+    mcp_server = str(Path(__file__).with_name("mcp_arith.py"))
+    assert "human: What is 3 + 4?" in run(sys.executable, str(root / "agent.py"), "What is 3 + 4?", "--mcp", mcp_server)
     assert "Paris" in run(sys.executable, str(root / "qa.py"), "What is the capital of France?")
     names = run(sys.executable, str(root / "naming.py"), "a nickname for a baby boy", "-n", "2").split()
     assert len(names) == 2 and all(n[:1].isupper() for n in names)

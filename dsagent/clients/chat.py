@@ -3,8 +3,9 @@
 Base URL, key and served model name come from the deployment record, so callers never type
 them. ``LocalChatDeepSeek`` and ``LocalChatOpenAI`` subclass ``ChatDeepSeek`` / ``ChatOpenAI``
 and change only what a local vLLM needs: reasoning in one place whatever the server sent, R1's
-system-prompt rule, and streaming timeouts. The model is returned bare (not ``with_retry``), so
-``bind_tools`` and ``with_structured_output`` work.
+system-prompt rule, streaming timeouts, tool calls for models without a vLLM tool parser
+(``tools.py``), a thinking budget (``budget.py``) and one async client per event loop. The model
+is returned bare (not ``with_retry``), so ``bind_tools`` and ``with_structured_output`` work.
 
 One layer per concern, no stacking:
 
@@ -33,18 +34,21 @@ from typing import Any
 
 import httpx
 import openai
-from langchain_core.outputs import ChatGenerationChunk
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import BaseChatOpenAI
+from pydantic import PrivateAttr
 
 from ..deploy.records import Deployment
 from ..deploy.up import attach, up
 from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve
 from ..settings import Settings
+from . import budget as _budget
 from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
 from .ride import RestartRiding
+from .tools import ToolStream, apply_tools, constrained, convert_result, without_repeats
 
 __all__ = ["LocalChatDeepSeek", "LocalChatOpenAI", "fold_system_prompt", "local_deepseek"]
 
@@ -96,6 +100,17 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
     idle_timeout: float = 60.0
     fold_system: bool = False
     think_open: bool = False  # the template opens <think> itself and no parser splits it
+    thinking_budget: int | None = None
+    """Reasoning tokens allowed before ``</think>`` is forced (``None``: no limit); per call too:
+    ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/budget.py)."""
+    native_tools: bool = False
+    """The server parses tool calls itself (launched with ``--tool-call-parser``): ``tools`` go to
+    vLLM as they are; otherwise through structured outputs (dsagent/clients/tools.py)."""
+    tool_repeats: str = "args"
+    """A tool call that repeats one of the open turn is asked again without the tools already
+    called: ``"args"`` (same name and arguments), ``"name"`` (each tool once per turn) or
+    ``"allow"`` (dsagent/clients/tools.py ``without_repeats``)."""
+    _loop: Any = PrivateAttr(default=None)
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -105,6 +120,8 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
 
     def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None, **kwargs: Any) -> dict:
         payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        if not self.native_tools:
+            apply_tools(payload)
         if self.fold_system and "messages" in payload:
             payload["messages"] = fold_system_prompt(payload["messages"])
         if payload.get("stream"):
@@ -165,7 +182,76 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
         new = msg.model_copy(update={"content": content, "additional_kwargs": extra})
         return ChatGenerationChunk(message=new, generation_info=gen.generation_info)
 
-    def _stream(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def _bind_loop(self) -> None:
+        """One async HTTP client per event loop: LangChain caches one across instances and
+        loops, and its pooled connections die with the loop that made them ("Event loop is
+        closed" on the second ``asyncio.run``)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop or self.http_async_client is not None or self.root_async_client is None:
+            return
+        self.root_async_client = self.root_async_client.copy(http_client=openai.DefaultAsyncHttpxClient())
+        self.async_client = self.root_async_client.chat.completions
+        self._loop = loop
+
+    def _generate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            result = _budget.generate(self, messages, stop, int(limit), kwargs)
+        else:
+            result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        if self.native_tools or not constrained(kwargs):
+            return result
+        result = convert_result(result)
+        again = without_repeats(messages, result, kwargs, self.tool_repeats)
+        if again is None:
+            return result
+        return self._generate(messages, stop, run_manager, thinking_budget=limit, **again)
+
+    async def _agenerate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                         **kwargs: Any) -> ChatResult:
+        self._bind_loop()
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            result = await _budget.agenerate(self, messages, stop, int(limit), kwargs)
+        else:
+            result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
+        if self.native_tools or not constrained(kwargs):
+            return result
+        result = convert_result(result)
+        again = without_repeats(messages, result, kwargs, self.tool_repeats)
+        if again is None:
+            return result
+        return await self._agenerate(messages, stop, run_manager, thinking_budget=limit, **again)
+
+    def _stream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[Any]:
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            source = _budget.stream(self, messages, stop, int(limit), kwargs, run_manager)
+        else:
+            source = self._stream_chat(messages, stop, run_manager, **kwargs)
+        tools = ToolStream() if constrained(kwargs) and not self.native_tools else None
+        for gen in source:
+            yield tools.convert(gen) if tools else gen
+        if tools and (tail := tools.tail()):
+            yield tail
+
+    async def _astream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[Any]:
+        self._bind_loop()
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is not None:
+            source = _budget.astream(self, messages, stop, int(limit), kwargs, run_manager)
+        else:
+            source = self._astream_chat(messages, stop, run_manager, **kwargs)
+        tools = ToolStream() if constrained(kwargs) and not self.native_tools else None
+        async for gen in source:
+            yield tools.convert(gen) if tools else gen
+        if tools and (tail := tools.tail()):
+            yield tail
+
+    def _stream_chat(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         splitter = ThinkSplitter(inside=self.think_open)
         first = True
         try:
@@ -175,7 +261,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
         except (httpx.ReadTimeout, openai.APITimeoutError) as exc:
             raise _stream_timeout(first, self) from exc
 
-    async def _astream(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def _astream_chat(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         splitter = ThinkSplitter(inside=self.think_open)
         stream = super()._astream(*args, **kwargs).__aiter__()
         first = True
@@ -185,7 +271,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
                 gen = await asyncio.wait_for(stream.__anext__(), timeout=limit)
             except StopAsyncIteration:
                 return
-            except (asyncio.TimeoutError, httpx.ReadTimeout, openai.APITimeoutError) as exc:
+            except (TimeoutError, httpx.ReadTimeout, openai.APITimeoutError) as exc:
                 await _aclose(stream)
                 raise _stream_timeout(first, self) from exc
             first = False
@@ -208,6 +294,13 @@ def _deployment(model: str | None, ensure: bool, settings: Settings, wait_timeou
     if ensure:
         return up(model, settings=settings, timeout=wait_timeout)
     return attach(_name_of(model) if model else None, settings=settings, wait_timeout=wait_timeout)
+
+
+def _tool_repeats(name: str) -> str:
+    try:
+        return resolve(name).tool_repeats
+    except InputError:
+        return "args"
 
 
 def _name_of(model: str) -> str:
@@ -252,6 +345,8 @@ def local_deepseek(
         "fold_system": dep.reasoning,
         "deployment": dep.name,  # rides through the deployment's supervised restarts (clients/ride.py)
         "dsagent_home": str(settings.home),
+        "tool_repeats": _tool_repeats(dep.name),
+        "native_tools": "--tool-call-parser" in dep.argv,
     }
     if dep.reasoning:
         params.update(R1_SAMPLING)

@@ -42,6 +42,9 @@ class ModelSpec:
     sampling: Mapping[str, float] = field(default_factory=dict)
     """Server-side sampling defaults (vLLM ``--override-generation-config``) for requests that do
     not set them; an R1 distill's own generation_config.json already carries DeepSeek's."""
+    tool_repeats: str = "args"
+    """How the chat classes treat a tool call that repeats one of the open turn (``tool_repeats``
+    in dsagent/clients/chat.py): a 135M model needs ``"name"`` to take a task's next step."""
 
     @property
     def context_limit(self) -> int | None:
@@ -125,6 +128,9 @@ CATALOG: tuple[ModelSpec, ...] = (
         # loop: greedy JSON ran to the length limit on 4 of 8 joke prompts; frequency_penalty 0.3
         # (output tokens only, so copying from the prompt is not penalised) stopped every one.
         sampling={"temperature": 0.2, "top_p": 0.9, "frequency_penalty": 0.3},
+        # Tool calls go through structured outputs (no vLLM parser fits); after a result the model
+        # copies its previous call, so each tool is offered once per turn (docs/tools.md).
+        tool_repeats="name",
     ),
     ModelSpec(
         name="deepseek-r1-distill-qwen-1.5b",

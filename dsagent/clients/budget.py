@@ -1,0 +1,281 @@
+"""A thinking budget: at most N reasoning tokens, then ``</think>`` and the answer.
+
+vLLM's OpenAI chat API has no such limit that works without its reasoning config, so dsagent
+makes two requests through the completions API with the prompt the server's own chat template
+renders (``/tokenize`` with ``messages``: the same template, tools hint and system rules as a chat
+request):
+
+1. the prompt's tokens, ``max_tokens=N``, ``stop=["</think>"]``: the reasoning;
+2. the prompt, the reasoning and ``\\n</think>\\n\\n`` (only when the model was thinking), with the
+   caller's ``max_tokens``, ``stop`` and structured-output constraint: the answer.
+
+Thinking is recognised when the prompt ends in ``<think>`` (R1 templates, or an assistant
+prefill such as ``("ai", "<think>\\n")``) or the model opens the tag itself; a model that answers
+without thinking gets its answer continued, not cut. The reasoning lands in
+``additional_kwargs["reasoning_content"]`` and ``usage_metadata`` counts it separately
+(``output_token_details["reasoning"]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from ..errors import InvalidOptionError
+from .reasoning import CLOSE, OPEN, ThinkSplitter
+
+__all__ = ["agenerate", "astream", "generate", "stream"]
+
+_SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias")
+
+
+@dataclass
+class _Call:
+    """What the two requests need, taken from the chat payload ``_get_request_payload`` built."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    sampling: dict[str, Any]
+    answer: dict[str, Any]  # max_tokens, stop, extra_body of the second request
+    url: str
+    headers: dict[str, str]
+    timeout: float
+    context: int = 0  # the server's max_model_len, from /tokenize
+
+    def second(self, prompt: list[int]) -> dict[str, Any]:
+        """Request 2's arguments; with no max_tokens, the rest of the context (as a chat request
+        gets), not the completions API's default of 16."""
+        answer = {**self.answer, "max_tokens": self.answer["max_tokens"] or max(1, self.context - len(prompt))}
+        return {"model": self.model, "prompt": prompt, **self.sampling, **answer}
+
+
+def _call(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict) -> _Call:
+    if budget < 1:
+        raise InvalidOptionError(f"thinking_budget must be at least 1 token, got {budget}",
+                                 "pass thinking_budget=N with N >= 1, or None for no limit",
+                                 option="thinking_budget", value=budget)
+    payload = llm._get_request_payload(messages, stop=stop, **kwargs)
+    extra = dict(payload.get("extra_body") or {})
+    sampling = {k: payload[k] for k in _SAMPLING if payload.get(k) is not None}
+    sampling["extra_body"] = {k: v for k, v in extra.items() if k != "structured_outputs"}
+    limit = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    answer: dict[str, Any] = {"extra_body": extra, "max_tokens": limit}
+    if payload.get("stop"):
+        answer["stop"] = payload["stop"]
+    root = str(llm.root_client.base_url).rstrip("/").removesuffix("/v1")
+    timeout = llm.request_timeout if isinstance(llm.request_timeout, (int, float)) else 120.0
+    return _Call(payload["model"], payload["messages"], sampling, answer, root,
+                 {"Authorization": f"Bearer {llm.root_client.api_key}"}, float(timeout))
+
+
+def _tokenize_body(call: _Call) -> dict[str, Any]:
+    prefill = call.messages[-1].get("role") == "assistant"
+    return {"model": call.model, "messages": call.messages, "add_generation_prompt": not prefill,
+            "continue_final_message": prefill}
+
+
+@dataclass
+class _First:
+    text: str
+    finish: str | None
+    tokens: int
+    prompt_tokens: int
+
+
+def _second_prefix(first: _First, opened: bool) -> tuple[str | None, str, str]:
+    """``(reasoning, text to append to the prompt, answer text already generated)``.
+
+    >>> _second_prefix(_First("a plan", "length", 16, 9), True)
+    ('a plan', 'a plan\\n</think>\\n\\n', '')
+    >>> _second_prefix(_First("Paris", "length", 16, 9), False)
+    (None, 'Paris', 'Paris')
+    """
+    text = first.text
+    if not opened and not text.lstrip().startswith(OPEN):
+        return None, text, text  # no thinking: continue the answer where it stopped
+    reasoning = text.lstrip().removeprefix(OPEN).strip() if not opened else text.strip()
+    return reasoning, text.rstrip() + f"\n{CLOSE}\n\n", ""
+
+
+def _usage(first: _First, answer_tokens: int, thinking: bool) -> dict[str, Any]:
+    out = first.tokens + answer_tokens
+    return {"input_tokens": first.prompt_tokens, "output_tokens": out, "total_tokens": first.prompt_tokens + out,
+            "output_token_details": {"reasoning": first.tokens if thinking else 0}}
+
+
+def _result(call: _Call, first: _First, reasoning: str | None, answer: str, second: Any) -> ChatResult:
+    choice = second.choices[0]
+    thinking = reasoning is not None
+    extra = {"reasoning_content": reasoning} if thinking else {}
+    meta = {"finish_reason": choice.finish_reason, "model_name": call.model, "model_provider": "deepseek",
+            "thinking_budget": _budget_meta(first, thinking)}
+    answer_tokens = second.usage.completion_tokens if second.usage else 0
+    message = AIMessage(content=answer, additional_kwargs=extra, response_metadata=meta,
+                        usage_metadata=_usage(first, answer_tokens, thinking))
+    return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _budget_meta(first: _First, thinking: bool) -> dict[str, Any]:
+    return {"reasoning_tokens": first.tokens if thinking else 0, "cut": thinking and first.finish == "length"}
+
+
+def _opened(prompt_tail: str) -> bool:
+    return prompt_tail.rstrip().endswith(OPEN)
+
+
+def _post(call: _Call, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = httpx.post(call.url + path, json=body, headers=call.headers, timeout=call.timeout)
+    response.raise_for_status()
+    return response.json()
+
+
+async def _apost(call: _Call, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=call.timeout) as client:
+        response = await client.post(call.url + path, json=body, headers=call.headers)
+    response.raise_for_status()
+    return response.json()
+
+
+def _prompt(call: _Call, think_open: bool) -> tuple[list[int], bool]:
+    rendered = _post(call, "/tokenize", _tokenize_body(call))
+    ids, call.context = rendered["tokens"], rendered["max_model_len"]
+    tail = _post(call, "/detokenize", {"model": call.model, "tokens": ids[-8:]})["prompt"]
+    return ids, think_open or _opened(tail)
+
+
+async def _aprompt(call: _Call, think_open: bool) -> tuple[list[int], bool]:
+    rendered = await _apost(call, "/tokenize", _tokenize_body(call))
+    ids, call.context = rendered["tokens"], rendered["max_model_len"]
+    tail = (await _apost(call, "/detokenize", {"model": call.model, "tokens": ids[-8:]}))["prompt"]
+    return ids, think_open or _opened(tail)
+
+
+def _more(call: _Call, text: str) -> dict[str, Any]:
+    return {"model": call.model, "prompt": text, "add_special_tokens": False}
+
+
+def _first_of(response: Any) -> _First:
+    choice = response.choices[0]
+    return _First(choice.text, choice.finish_reason, response.usage.completion_tokens, response.usage.prompt_tokens)
+
+
+def generate(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict) -> ChatResult:
+    """The two requests, one after the other (sync)."""
+    call = _call(llm, messages, stop, budget, kwargs)
+    ids, opened = _prompt(call, llm.think_open)
+    completions = llm.root_client.completions
+    first = _first_of(completions.create(model=call.model, prompt=ids, max_tokens=budget, stop=[CLOSE],
+                                         **call.sampling))
+    reasoning, append, done = _second_prefix(first, opened)
+    more = _post(call, "/tokenize", _more(call, append))["tokens"]
+    second = completions.create(**call.second(ids + more))
+    return _result(call, first, reasoning, done + second.choices[0].text, second)
+
+
+async def agenerate(llm: Any, messages: list[Any], stop: list[str] | None, budget: int,
+                    kwargs: dict) -> ChatResult:
+    """The two requests, one after the other (async)."""
+    call = _call(llm, messages, stop, budget, kwargs)
+    ids, opened = await _aprompt(call, llm.think_open)
+    completions = llm.root_async_client.completions
+    first = _first_of(await completions.create(model=call.model, prompt=ids, max_tokens=budget, stop=[CLOSE],
+                                               **call.sampling))
+    reasoning, append, done = _second_prefix(first, opened)
+    more = (await _apost(call, "/tokenize", _more(call, append)))["tokens"]
+    second = await completions.create(**call.second(ids + more))
+    return _result(call, first, reasoning, done + second.choices[0].text, second)
+
+
+class _Chunks:
+    """Stream bookkeeping: request 1's deltas split into reasoning/content, then request 2's."""
+
+    def __init__(self, opened: bool) -> None:
+        self.splitter = ThinkSplitter(inside=opened)
+        self.text, self.finish, self.tokens, self.prompt_tokens, self.answer_tokens = "", None, 0, 0, 0
+
+    def first(self, chunk: Any) -> ChatGenerationChunk | None:
+        if chunk.usage:
+            self.tokens, self.prompt_tokens = chunk.usage.completion_tokens, chunk.usage.prompt_tokens
+        if not chunk.choices:
+            return None
+        choice = chunk.choices[0]
+        self.text += choice.text or ""
+        self.finish = choice.finish_reason or self.finish
+        reasoning, content = self.splitter.feed(choice.text or "")
+        if not reasoning and not content:
+            return None
+        extra = {"reasoning_content": reasoning} if reasoning else {}
+        return ChatGenerationChunk(message=AIMessageChunk(content=content, additional_kwargs=extra))
+
+    def second(self, chunk: Any) -> ChatGenerationChunk | None:
+        if chunk.usage:
+            self.answer_tokens = chunk.usage.completion_tokens
+        if not chunk.choices or not chunk.choices[0].text:
+            return None
+        return ChatGenerationChunk(message=AIMessageChunk(content=chunk.choices[0].text))
+
+    def last(self, model: str, opened: bool) -> ChatGenerationChunk:
+        first = _First(self.text, self.finish, self.tokens, self.prompt_tokens)
+        thinking = _second_prefix(first, opened)[0] is not None
+        meta = {"model_name": model, "model_provider": "deepseek", "thinking_budget": _budget_meta(first, thinking)}
+        usage = _usage(first, self.answer_tokens, thinking)
+        return ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=meta, usage_metadata=usage))
+
+
+_STREAM = {"stream": True, "stream_options": {"include_usage": True}}
+
+
+def stream(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict,
+           run_manager: Any = None) -> Iterator[ChatGenerationChunk]:
+    """The two requests streamed: reasoning deltas, then answer deltas, then one usage chunk."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options", "stream_usage")}
+    call = _call(llm, messages, stop, budget, kwargs)
+    ids, opened = _prompt(call, llm.think_open)
+    chunks, completions = _Chunks(opened), llm.root_client.completions
+    for chunk in completions.create(model=call.model, prompt=ids, max_tokens=budget, stop=[CLOSE],
+                                    **call.sampling, **_STREAM):
+        if gen := chunks.first(chunk):
+            yield _notify(run_manager, gen)
+    _, append, _ = _second_prefix(_First(chunks.text, chunks.finish, 0, 0), opened)
+    more = _post(call, "/tokenize", _more(call, append))["tokens"]
+    for chunk in completions.create(**call.second(ids + more),
+                                    **_STREAM):
+        if gen := chunks.second(chunk):
+            yield _notify(run_manager, gen)
+    yield chunks.last(call.model, opened)
+
+
+async def astream(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict,
+                  run_manager: Any = None) -> AsyncIterator[ChatGenerationChunk]:
+    """``stream``, async."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options", "stream_usage")}
+    call = _call(llm, messages, stop, budget, kwargs)
+    ids, opened = await _aprompt(call, llm.think_open)
+    chunks, completions = _Chunks(opened), llm.root_async_client.completions
+    async for chunk in await completions.create(model=call.model, prompt=ids, max_tokens=budget, stop=[CLOSE],
+                                                **call.sampling, **_STREAM):
+        if gen := chunks.first(chunk):
+            yield await _anotify(run_manager, gen)
+    _, append, _ = _second_prefix(_First(chunks.text, chunks.finish, 0, 0), opened)
+    more = (await _apost(call, "/tokenize", _more(call, append)))["tokens"]
+    async for chunk in await completions.create(**call.second(ids + more), **_STREAM):
+        if gen := chunks.second(chunk):
+            yield await _anotify(run_manager, gen)
+    yield chunks.last(call.model, opened)
+
+
+def _notify(run_manager: Any, gen: ChatGenerationChunk) -> ChatGenerationChunk:
+    if run_manager:
+        run_manager.on_llm_new_token(gen.text, chunk=gen)
+    return gen
+
+
+async def _anotify(run_manager: Any, gen: ChatGenerationChunk) -> ChatGenerationChunk:
+    if run_manager:
+        await run_manager.on_llm_new_token(gen.text, chunk=gen)
+    return gen

@@ -1,0 +1,145 @@
+"""Agents that act, against the test session's real vLLM CPU server (SmolLM2-135M): LangChain's
+``create_agent`` over ``local_deepseek()`` with two arithmetic tools, with a tool from another
+MCP server (a stdio child, tests/mcp_arith.py, through ``langchain.mcp``), the thinking budget
+on a template-forced ``<think>`` stream, and one chat model used from two ``asyncio.run`` calls.
+
+Sampling is greedy so that the runs are repeatable; benchmarks/agent.py measures the agent's
+success rate at the default sampling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import tool
+
+from dsagent.clients.chat import local_deepseek
+
+pytestmark = pytest.mark.timeout(900)  # the first test here may start the session server (minutes when loaded)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers and return the sum."""
+    return a + b
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers and return the product."""
+    return a * b
+
+
+TASK = "Add 3 and 4, then multiply the result by 4. What is the final number?"
+
+
+def _calls(messages) -> list[tuple[str, dict]]:
+    return [(c["name"], c["args"]) for m in messages if isinstance(m, AIMessage) for c in m.tool_calls]
+
+
+def test_agent_combines_two_tools_to_the_right_answer(server):
+    """add(3, 4) = 7, then multiply(7, 4) = 28: the second call uses the first one's result."""
+    from langchain.agents import create_agent
+
+    agent = create_agent(local_deepseek(temperature=0), tools=[add, multiply])
+    out = agent.invoke({"messages": [("user", TASK)]}, {"recursion_limit": 12})
+    messages = out["messages"]
+    assert _calls(messages) == [("add", {"a": 3, "b": 4}), ("multiply", {"a": 7, "b": 4})]
+    assert [m.content for m in messages if isinstance(m, ToolMessage)] == ["7", "28"]
+    assert isinstance(messages[-1], AIMessage) and not messages[-1].tool_calls
+    assert "28" in messages[-1].content
+
+
+async def test_agent_uses_a_tool_of_another_mcp_server(server):
+    """The tool comes from a stdio MCP server (a child process) through ``langchain.mcp``."""
+    from langchain.agents import create_agent
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastmcp.client.transports import StdioTransport
+        from langchain.mcp import MCPAdapter
+
+    transport = StdioTransport(command=sys.executable, args=[str(Path(__file__).with_name("mcp_arith.py"))])
+    async with MCPAdapter(transport) as adapter:
+        tools = await adapter.list_tools()
+        assert [t.name for t in tools] == ["add"]
+        agent = create_agent(local_deepseek(backend="openai", temperature=0), tools)
+        out = await agent.ainvoke({"messages": [("user", "What is 3 + 4? Use the add tool.")]},
+                                  {"recursion_limit": 8})
+    messages = out["messages"]
+    assert _calls(messages)[0] == ("add", {"a": 3, "b": 4})
+    assert next(m for m in messages if isinstance(m, ToolMessage)).text == "7"
+    assert "7" in messages[-1].content
+
+
+PREFILLED = [("human", "What is the capital of France? Think step by step first."), ("ai", "<think>\n")]
+
+
+@pytest.mark.parametrize("backend", ["deepseek", "openai"])
+def test_thinking_budget_cuts_the_reasoning_and_the_answer_follows(server, backend):
+    """The assistant prefill opens ``<think>`` (what an R1 template does): 4 tokens of reasoning,
+    then ``</think>`` and an answer; reasoning and answer tokens are counted apart."""
+    llm = local_deepseek(backend=backend, temperature=0, max_tokens=24, thinking_budget=4)
+    msg = llm.invoke(PREFILLED)
+    assert msg.additional_kwargs["reasoning_content"].strip() and msg.content.strip()
+    assert "</think>" not in msg.content and "<think>" not in msg.content
+    assert msg.response_metadata["thinking_budget"] == {"reasoning_tokens": 4, "cut": True}
+    usage = msg.usage_metadata
+    assert usage["output_token_details"]["reasoning"] == 4
+    assert 4 < usage["output_tokens"] <= 4 + 24
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+
+    chunks = list(llm.stream(PREFILLED, thinking_budget=2))
+    kinds = ["reasoning" if c.additional_kwargs.get("reasoning_content") else "answer" for c in chunks if c.content
+             or c.additional_kwargs.get("reasoning_content")]
+    assert kinds[0] == "reasoning" and "answer" in kinds
+    assert kinds == sorted(kinds, key=lambda k: k != "reasoning")  # all reasoning first
+    full = chunks[0]
+    for c in chunks[1:]:
+        full += c
+    assert full.usage_metadata["output_token_details"]["reasoning"] == 2
+    assert full.content.strip()
+
+
+def test_thinking_budget_leaves_a_model_that_does_not_think_alone(server):
+    """No ``<think>`` in the prompt or the output: the answer is continued, not cut, and no
+    reasoning tokens are counted."""
+    msg = local_deepseek(temperature=0, max_tokens=24).invoke("What is the capital of France?", thinking_budget=3)
+    assert "Paris" in msg.content
+    assert "reasoning_content" not in msg.additional_kwargs
+    assert msg.usage_metadata["output_token_details"]["reasoning"] == 0
+    assert msg.usage_metadata["output_tokens"] > 3
+
+
+@pytest.mark.parametrize("backend", ["deepseek", "openai"])
+def test_one_instance_from_two_event_loops(server, backend):
+    """Two ``asyncio.run`` calls with one instance (stock ChatOpenAI: "Event loop is closed")."""
+    llm = local_deepseek(backend=backend, temperature=0, max_tokens=8)
+
+    async def call() -> str:
+        streamed = "".join([c.content async for c in llm.astream("Say hi.")])
+        return (await llm.ainvoke("Say hi.")).content + streamed
+
+    assert asyncio.run(call()).strip()
+    assert asyncio.run(call()).strip()
+    assert local_deepseek(backend=backend, temperature=0, max_tokens=8).invoke("Say hi.").content.strip()
+
+
+def test_stock_chatopenai_fails_on_the_second_event_loop(server):
+    """The control for the test above: the failure dsagent's classes avoid is real here."""
+    from langchain_openai import ChatOpenAI
+
+    ours = local_deepseek(backend="openai", max_tokens=4)
+    stock = ChatOpenAI(model=ours.model_name, api_key=ours.openai_api_key, base_url=ours.openai_api_base, max_tokens=4)
+
+    async def call() -> str:
+        return (await stock.ainvoke("Say hi.")).content
+
+    assert asyncio.run(call())
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        asyncio.run(call())
