@@ -193,6 +193,15 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
         self.async_client = self.root_async_client.chat.completions
         self._loop = loop
 
+    def _as_tool_reply(self, messages: list[Any], result: ChatResult,
+                       kwargs: dict[str, Any]) -> tuple[ChatResult, dict[str, Any] | None]:
+        """A constrained reply turned into tool calls or content, and the arguments to ask again
+        with when it repeated a call (``tool_repeats``); ``None`` when it stands."""
+        if self.native_tools or not constrained(kwargs):
+            return result, None
+        result = convert_result(result)
+        return result, without_repeats(messages, result, kwargs, self.tool_repeats)
+
     def _generate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
         limit = kwargs.pop("thinking_budget", self.thinking_budget)
@@ -200,10 +209,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
             result = _budget.generate(self, messages, stop, int(limit), kwargs)
         else:
             result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        if self.native_tools or not constrained(kwargs):
-            return result
-        result = convert_result(result)
-        again = without_repeats(messages, result, kwargs, self.tool_repeats)
+        result, again = self._as_tool_reply(messages, result, kwargs)
         if again is None:
             return result
         return self._generate(messages, stop, run_manager, thinking_budget=limit, **again)
@@ -216,10 +222,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
             result = await _budget.agenerate(self, messages, stop, int(limit), kwargs)
         else:
             result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
-        if self.native_tools or not constrained(kwargs):
-            return result
-        result = convert_result(result)
-        again = without_repeats(messages, result, kwargs, self.tool_repeats)
+        result, again = self._as_tool_reply(messages, result, kwargs)
         if again is None:
             return result
         return await self._agenerate(messages, stop, run_manager, thinking_budget=limit, **again)

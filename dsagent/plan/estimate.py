@@ -118,16 +118,22 @@ def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
     return [(s.name, s.config) for s in sorted(family, key=lambda s: -_size(s.config))]
 
 
-def choose_layout(model: str | ModelSpec, *, goal: str, gpu_memory_gib: float | None = None,
-                  gpus: int | None = None, nodes: int = 1, settings: Settings | None = None,
-                  **options: Any) -> LayoutChoice:
-    """``dsagent estimate --goal``: every layout of ``model`` on these GPUs ranked for ``goal``
-    (``latency`` or ``throughput``, see ``dsagent.plan.layouts``); the visible GPUs unless described."""
+def _with_config(model: str | ModelSpec) -> ModelSpec:
+    """``model`` resolved; refused when its architecture (config.json) is not known offline."""
     spec = model if isinstance(model, ModelSpec) else resolve(model)
     if not spec.config:
         raise InvalidOptionError(f"no architecture known offline for {spec.repo_id or spec.name!r}",
                                  "download it first (`dsagent fetch`) or pass a folder that holds its config.json",
                                  option="MODEL", value=spec.repo_id or spec.name)
+    return spec
+
+
+def choose_layout(model: str | ModelSpec, *, goal: str, gpu_memory_gib: float | None = None,
+                  gpus: int | None = None, nodes: int = 1, settings: Settings | None = None,
+                  **options: Any) -> LayoutChoice:
+    """``dsagent estimate --goal``: every layout of ``model`` on these GPUs ranked for ``goal``
+    (``latency`` or ``throughput``, see ``dsagent.plan.layouts``); the visible GPUs unless described."""
+    spec = _with_config(model)
     free, name = None, ""
     if gpu_memory_gib is None:
         seen = machine.visible_gpus(settings=settings)
@@ -150,11 +156,7 @@ def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpu
     GPUs are planned for, free memory included, and with none visible the CPU plan is returned.
     ``nodes``: the layout spans that many nodes of ``gpus`` GPUs each (TP within a node).
     """
-    spec = model if isinstance(model, ModelSpec) else resolve(model)
-    if not spec.config:
-        raise InvalidOptionError(f"no architecture known offline for {spec.repo_id or spec.name!r}",
-                                 "download it first (`dsagent fetch`) or pass a folder that holds its config.json",
-                                 option="MODEL", value=spec.repo_id or spec.name)
+    spec = _with_config(model)
     free, name = None, ""
     if gpu_memory_gib is None:
         seen = machine.visible_gpus(settings=settings)
