@@ -20,6 +20,7 @@ from ..errors import InstallError, ParallelismError, StartupError
 from ..plan.budget import cpu_context
 from ..settings import Settings
 from ..system import procs
+from ..system.ports import interface_of
 from ..system.procs import MARK, end_processes, leader_alive, mark_for, processes_of, spawn
 from .ready import Progress, failure_reason, log_tail, parse_capacity, wait_ready
 from .records import Deployment, argv_flag, save
@@ -277,8 +278,6 @@ def launch(plan: ServePlan, settings: Settings, *, api_key: str, record: Deploym
 def pin_interface(plan: ServePlan) -> ServePlan:
     """A node of several: ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME`` set to the interface that
     holds its address (a multi-NIC machine otherwise picks one at random and hangs at init)."""
-    from ..system.ports import interface_of
-
     iface = interface_of(plan.options.node_ip or "")
     if not iface or iface == "lo":
         return plan
