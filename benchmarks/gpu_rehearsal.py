@@ -391,7 +391,7 @@ def busy(mdir: Path, tokenizer: str) -> dict[str, Any]:
     out: dict[str, Any] = {"gpu0_rc": r.returncode, "gpu0_seconds": round(time.time() - t0, 1),
                            "gpu0_stderr": r.stderr[-1200:]}
     code = ("import json; from dsagent.system.gpus import visible_gpus; from dsagent.deploy.up import _preflight; "
-            "from dsagent.plan.catalog import resolve; from dsagent.deploy.launch import ServeOptions; "
+            "from dsagent.plan.catalog import resolve; from dsagent.deploy.launch.options import ServeOptions; "
             f"spec = resolve({str(mdir)!r}); g = visible_gpus(); "
             f"o, est = _preflight(spec, ServeOptions(device='gpu', max_model_len={MAX_MODEL_LEN}), lambda: '0.26.0'); "
             "print(json.dumps({'visible': [x.__dict__ for x in g], 'fits': est.get('fits'), "

@@ -29,11 +29,11 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dsagent.clients.chat import local_deepseek
-from dsagent.deploy.launch import ServeOptions
-from dsagent.deploy.records import load
-from dsagent.deploy.restart import RestartPolicy
-from dsagent.deploy.state import State
-from dsagent.deploy.status import live_state
+from dsagent.deploy.launch.options import ServeOptions
+from dsagent.deploy.record.store import load
+from dsagent.deploy.supervise.policy import RestartPolicy
+from dsagent.deploy.record.state import State
+from dsagent.deploy.record.phase import live_state
 from dsagent.deploy.stop import stop
 from dsagent.deploy.up import up
 from dsagent.settings import Settings
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="default: the embedded model")
     args = ap.parse_args()
     settings = Settings.load(args.home)
-    stop(None, settings=settings)
+    stop(all=True, settings=settings)
     from dsagent.weights.fetch import fetch
 
     model = args.model or str(fetch("smollm2-135m-instruct", settings=settings).path)

@@ -23,8 +23,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dsagent.system.procs import deployment_processes, end_processes, spawn  # noqa: E402
-from dsagent.deploy.records import load  # noqa: E402
+from dsagent.system.procs import all_processes, end_processes, spawn
+from dsagent.deploy.record.store import load
 from dsagent.settings import Settings  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def cli(*args: str, env: dict[str, str]) -> float:
 
 
 def bare(argv: list[str], env: dict[str, str], port: int, log: Path) -> float:
-    t0, t0_wall = time.perf_counter(), time.time()
+    t0 = time.perf_counter()
     proc = spawn(argv, env, log)
     try:
         while True:
@@ -49,7 +49,7 @@ def bare(argv: list[str], env: dict[str, str], port: int, log: Path) -> float:
                 raise RuntimeError(f"bare vLLM exited; see {log}")
             time.sleep(0.5)
     finally:
-        end_processes(deployment_processes("bench-bare", proc.pid, since=t0_wall))
+        end_processes([p for p in all_processes() if p.pgid == proc.pid])  # the bare server's own group
 
 
 def main() -> int:

@@ -28,22 +28,23 @@ _ERRORS = (
     "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError", "InputError",
     "InstallError", "InvalidOptionError", "JoinError", "NoDeploymentError", "NotReadyError", "ParallelismError",
     "PortInUseError", "SourceError", "StartupError", "StopError", "StreamTimeoutError", "UnknownModelError",
+    "UnreadableRecordError",
 )
 
 _EXPORTS = {
     **{name: "errors" for name in _ERRORS},
     "CpuPlan": "plan.budget",
-    "Deployment": "deploy.records",
+    "Deployment": "deploy.record.store",
     "FetchResult": "weights.fetch",
     "GpuPlan": "plan.budget",
     "LayoutChoice": "plan.layouts",
     "LocalChatDeepSeek": "clients.chat",
     "LocalChatOpenAI": "clients.chat",
     "ModelSpec": "plan.catalog",
-    "RestartPolicy": "deploy.restart",
-    "ServeOptions": "deploy.launch",
+    "RestartPolicy": "deploy.supervise.policy",
+    "ServeOptions": "deploy.launch.options",
     "Settings": "settings",
-    "State": "deploy.state",
+    "State": "deploy.record.state",
     "StopResult": "deploy.stop",
     "ask": "clients.recipes",
     "attach": "deploy.up",
@@ -81,10 +82,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .clients.chat import LocalChatDeepSeek, LocalChatOpenAI, local_deepseek
     from .clients.recipes import ask, suggest_names, translate
-    from .deploy.launch import ServeOptions
-    from .deploy.records import Deployment
-    from .deploy.restart import RestartPolicy
-    from .deploy.state import State
+    from .deploy.launch.options import ServeOptions
+    from .deploy.record.store import Deployment
+    from .deploy.supervise.policy import RestartPolicy
+    from .deploy.record.state import State
     from .deploy.status import status
     from .deploy.stop import StopResult, stop
     from .deploy.up import attach, up
@@ -92,7 +93,7 @@ if TYPE_CHECKING:
         AlreadyRunningError, AmbiguousDeploymentError, ChecksumError, ConversionError, DeploymentError,
         DeploymentFailedError, DiskSpaceError, DoesNotFitError, DsagentError, FetchError, InputError,
         InstallError, InvalidOptionError, JoinError, NoDeploymentError, NotReadyError, ParallelismError, PortInUseError,
-        SourceError, StartupError, StopError, StreamTimeoutError, UnknownModelError,
+        SourceError, StartupError, StopError, StreamTimeoutError, UnknownModelError, UnreadableRecordError,
     )
     from .plan.budget import CpuPlan, GpuPlan, plan_cpu, plan_gpu
     from .plan.catalog import ModelSpec, resolve

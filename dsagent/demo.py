@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .cli._common import Progress, print_deployment
-from .deploy.launch import ServeOptions
+from .deploy.launch.options import ServeOptions
 from .deploy.up import up
 from .errors import DsagentError, PortInUseError
 from .system.gpus import detect_device

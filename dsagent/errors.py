@@ -20,6 +20,7 @@ classes are there to be caught. Each leaf carries its data as typed attributes::
     ├── DeploymentError             about a deployment's life
     │   ├── AlreadyRunningError         name, base_url: runs already, with other settings
     │   ├── NoDeploymentError           name: nothing (of that name) is deployed
+    │   ├── UnreadableRecordError       name, path: its record cannot be parsed
     │   ├── AmbiguousDeploymentError    names: several run and none was named
     │   ├── DeploymentFailedError       name, state, log_tail: it failed or crashed
     │   ├── JoinError                   head, check: a node cannot join the head's deployment
@@ -58,6 +59,7 @@ __all__ = [
     "StopError",
     "StreamTimeoutError",
     "UnknownModelError",
+    "UnreadableRecordError",
 ]
 
 
@@ -178,6 +180,14 @@ class NoDeploymentError(DeploymentError):
     def __init__(self, problem: str, remedy: str = "", *, name: str | None = None) -> None:
         super().__init__(problem, remedy)
         self.name = name
+
+
+class UnreadableRecordError(DeploymentError):
+    """A deployment's record exists but cannot be parsed (torn, edited by hand): ``path`` names it."""
+
+    def __init__(self, problem: str, remedy: str = "", *, name: str, path: str) -> None:
+        super().__init__(problem, remedy)
+        self.name, self.path = name, path
 
 
 class AmbiguousDeploymentError(DeploymentError):

@@ -48,7 +48,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from dsagent.deploy.stop import stop
 
     try:
-        stop(None, settings=Settings.load(_HOME))
+        stop(all=True, settings=Settings.load(_HOME))
     finally:
         shutil.rmtree(_HOME, ignore_errors=True)
 
@@ -63,7 +63,7 @@ def settings():
 @pytest.fixture(scope="session")
 def server(settings):
     """The session's real vLLM CPU server (started on first use, on a free port)."""
-    from dsagent.deploy.launch import ServeOptions
+    from dsagent.deploy.launch.options import ServeOptions
     from dsagent.deploy.up import up
 
     dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)

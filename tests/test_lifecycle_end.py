@@ -10,9 +10,10 @@ import time
 import pytest
 
 from dsagent.system.ports import port_is_free
-from dsagent.system.procs import MARK, processes_of, vllm_processes
-from dsagent.deploy.records import load
-from dsagent.deploy.launch import ServeOptions
+from dsagent.system.procs import MARK, vllm_processes
+from dsagent.deploy.record.identity import processes_of
+from dsagent.deploy.record.store import load
+from dsagent.deploy.launch.options import ServeOptions
 from dsagent.deploy.up import up
 
 pytestmark = pytest.mark.lifecycle_end

@@ -17,8 +17,8 @@ from test_mcp import stdio_params, text
 from dsagent.plan.catalog import DEFAULT_CPU_MODEL, resolve
 from dsagent.weights.fetch import fetch
 from dsagent.system.ports import port_is_free
-from dsagent.system.procs import processes_of
-from dsagent.deploy.records import list_all
+from dsagent.deploy.record.identity import processes_of
+from dsagent.deploy.record.store import list_all
 from dsagent.settings import Settings
 
 pytestmark = pytest.mark.lifecycle_end

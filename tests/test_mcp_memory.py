@@ -16,8 +16,8 @@ import psutil
 import pytest
 from mcp import Client
 
-from dsagent.deploy.records import Deployment, save
-from dsagent.deploy.state import State
+from dsagent.deploy.record.store import Deployment, create
+from dsagent.deploy.record.state import State
 from dsagent.mcp.backend import Backend
 from dsagent.mcp.server import build_server
 from dsagent.system.ports import free_port
@@ -38,8 +38,9 @@ def silent_leader(tmp_settings):
     log.write_text("INFO Starting to load model /m...\n")
     dep = Deployment(name="ghost", model="ghost", model_path="/nowhere", host="127.0.0.1", port=free_port(),
                      api_key_file=str(tmp_settings.api_key_file), log_file=str(log), argv=["vllm"], pid=proc.pid,
-                     pgid=None, state=State.LOADING, started_at=psutil.Process(proc.pid).create_time())
-    save(tmp_settings, dep)
+                     pgid=None, state=State.LOADING, started_at=psutil.Process(proc.pid).create_time(),
+                     leader_started=psutil.Process(proc.pid).create_time())
+    create(tmp_settings, dep)
     yield dep
     proc.kill()
     proc.wait()
@@ -89,7 +90,7 @@ async def test_a_starting_model_says_how_long_to_wait(tmp_settings, silent_leade
 @pytest.mark.timeout(60)
 async def test_an_unhealthy_model_names_its_log(tmp_settings, silent_leader):
     silent_leader.state = State.READY  # it was ready once; now /health does not answer
-    save(tmp_settings, silent_leader)
+    create(tmp_settings, silent_leader)
     with anyio.fail_after(30):
         async with Client(build_server(Backend(tmp_settings, wait=0.5))) as client:
             out = await client.call_tool("ask", {"question": "hi"})

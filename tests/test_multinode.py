@@ -23,11 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dsagent.deploy.join import JoinSpec, join
+from dsagent.deploy.nodes.join import JoinSpec, join
 from dsagent.plan.budget import check_nodes
-from dsagent.deploy.launch import ServeOptions, wait
-from dsagent.deploy.records import load
-from dsagent.deploy.state import State
+from dsagent.deploy.launch.options import ServeOptions
+from dsagent.deploy.launch.spawn import wait
+from dsagent.deploy.record.store import load
+from dsagent.deploy.record.state import State
 from dsagent.deploy.status import report
 from dsagent.deploy.stop import stop
 from dsagent.deploy.up import up
@@ -35,7 +36,8 @@ from dsagent.errors import InstallError, InvalidOptionError, JoinError, Parallel
 from dsagent.settings import Settings
 from dsagent.system.ports import free_port
 from dsagent.system import procs
-from dsagent.system.procs import cxx_compiler, processes_of, vllm_processes
+from dsagent.system.procs import cxx_compiler, vllm_processes
+from dsagent.deploy.record.identity import processes_of
 
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
 

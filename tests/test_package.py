@@ -26,8 +26,8 @@ PUBLIC = [
     "LocalChatDeepSeek",
     "LocalChatOpenAI", "ModelSpec", "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError",
     "RestartPolicy", "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
-    "StreamTimeoutError", "UnknownModelError", "ask", "attach", "choose_layout", "estimate", "fetch", "local_deepseek",
-    "plan_cpu",
+    "StreamTimeoutError", "UnknownModelError", "UnreadableRecordError", "ask", "attach", "choose_layout", "estimate",
+    "fetch", "local_deepseek", "plan_cpu",
     "plan_gpu", "recommend", "resolve", "status", "stop", "suggest_names", "translate", "up",
 ]
 FUNCTIONS = {"ask", "attach", "choose_layout", "estimate", "fetch", "local_deepseek", "plan_cpu", "plan_gpu", "recommend",

@@ -19,8 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dsagent.deploy.launch import ServeOptions, engine_version, plan_serve
-from dsagent.deploy.raycluster import RayNode, attach_ray, check_cluster, probe
+from dsagent.deploy.launch.options import ServeOptions
+from dsagent.deploy.launch.spawn import engine_version
+from dsagent.deploy.launch.argv import plan_serve
+from dsagent.deploy.nodes.ray import RayNode, attach_ray, check_cluster, probe
 from dsagent.errors import InvalidOptionError, JoinError
 from dsagent.settings import Settings
 from dsagent.system.ports import free_port

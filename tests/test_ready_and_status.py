@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dsagent.deploy.ready import failure_reason, parse_capacity, phase_of_log
-from dsagent.deploy.status import parse_metrics
+from dsagent.deploy.record.logs import failure_reason, parse_capacity, phase_of_log
+from dsagent.deploy.record.phase import parse_metrics
 
 LOG = """\
 (APIServer pid=1) INFO [model.py:733] Resolved architecture: LlamaForCausalLM

@@ -13,16 +13,17 @@ from types import SimpleNamespace
 import pytest
 
 from dsagent.cli import build_parser
-from dsagent.cli.service import up_argv
-from dsagent.deploy.records import Deployment, save
-from dsagent.deploy.restart import Failure, Monitor, Observation, RestartPolicy, decide
-from dsagent.deploy.service import parse_unit, render_unit, uninstall
-from dsagent.deploy.state import State
-from dsagent.deploy.status import live_state, report
-from dsagent.deploy.supervise import wait_gpu_free
+from dsagent.cli._common import restart_policy, serve_options
+from dsagent.deploy.record.store import Deployment, create
+from dsagent.deploy.supervise.policy import Failure, Monitor, Observation, RestartPolicy, decide
+from dsagent.deploy.supervise.service import parse_unit, render_unit, uninstall, up_command
+from dsagent.deploy.record.state import State
+from dsagent.deploy.record.phase import live_state
+from dsagent.deploy.status import report
+from dsagent.deploy.supervise.supervisor import wait_gpu_free
 from dsagent.errors import InvalidOptionError, NoDeploymentError, StopError
 from dsagent.system.gpus import memory_holders
-from dsagent.system.procs import started_at
+from dsagent.deploy.record.identity import started_at
 
 pytestmark = pytest.mark.timeout(60)
 GIB = 1024**3
@@ -130,7 +131,7 @@ def test_relaunch_waits_until_the_ended_processes_hold_no_gpu_memory():
 def _record(tmp_settings, **kw) -> Deployment:
     dep = Deployment(name="sup", model="m", model_path="/m", host="127.0.0.1", port=1, api_key_file="/k",
                      log_file=str(tmp_settings.logs_dir / "sup.log"), argv=[], **{"state": State.READY, **kw})
-    save(tmp_settings, dep)
+    create(tmp_settings, dep)
     return dep
 
 
@@ -147,20 +148,25 @@ def test_a_dead_server_with_a_live_supervisor_is_restarting_and_status_says_so(t
                                 "last_failure": {"at": failure["at"], "reason": "the API server exited"},
                                 "uptime_s": None}
         reused = _record(tmp_settings, supervisor_pid=sup.pid, supervisor_started=started_at(sup.pid) - 50)
-        assert live_state(reused) == State.STOPPED  # another process under that pid is not the supervisor
+        assert live_state(reused) == State.STALE  # another process under that pid is not the supervisor
     finally:
         sup.kill()
         sup.wait()
-    assert live_state(dep) == State.STOPPED and report(_record(tmp_settings))["restart"] is None
+    assert live_state(dep) == State.STALE and report(_record(tmp_settings))["restart"] is None
 
 
 UP = ["dsagent", "service", "install", "smollm2-135m-instruct", "--port", "auto", "--vllm-arg=--enforce-eager",
       "--cpus", "0,1", "--canary-every", "30", "--dummy-weights"]
 
 
+def _unit_argv(tmp_path) -> list[str]:
+    args = build_parser().parse_args(UP[1:])
+    return up_command(args.model, "smol", serve_options(args), restart_policy(args))
+
+
 def _unit(tmp_path, user: bool = True):
     args = build_parser().parse_args(UP[1:])
-    argv = [sys.executable, "-m", "dsagent.cli", "up", *up_argv(args), "--name", "smol", "--foreground"]
+    argv = up_command(args.model, "smol", serve_options(args), restart_policy(args))
     env = {"DSAGENT_HOME": str(tmp_path / "home"), "CUDA_VISIBLE_DEVICES": "0,1", "HF_HOME": "/data/hf 100%"}
     return args, render_unit("smol", argv, env, user=user, run_as="svc", workdir=str(tmp_path))
 
@@ -179,11 +185,11 @@ def test_the_unit_runs_up_in_the_foreground_with_the_environment_and_restarts(tm
     assert u["Service"]["Restart"] == ["on-failure"] and u["Service"]["KillMode"] == ["mixed"]
     assert u["Install"]["WantedBy"] == ["default.target"] and "User" not in u["Service"]
     assert parse_unit(_unit(tmp_path, user=False)[1].text)["Service"]["User"] == ["svc"]
-    again = build_parser().parse_args(["up", *up_argv(args)])  # the unit's flags parse as `up` flags
+    again = build_parser().parse_args(_unit_argv(tmp_path)[3:])  # the unit's flags parse as `up` flags
     assert again.port == 0 and again.cpus == (0, 1) and again.vllm_arg == ["--enforce-eager"]
     with pytest.raises(InvalidOptionError, match="add --foreground"):
         render_unit("smol", ["dsagent", "up"], {}, user=True)
-    with pytest.raises(InvalidOptionError, match="cannot name a systemd unit"):
+    with pytest.raises(InvalidOptionError, match="deployment name 'a b' is not allowed"):
         render_unit("a b", ["--foreground"], {}, user=True)
 
 
@@ -242,12 +248,13 @@ def test_a_call_refused_during_a_restart_waits_for_ready_and_is_sent_again(tmp_s
         dep = _record(tmp_settings, supervisor_pid=sup.pid, supervisor_started=started_at(sup.pid),
                       restart=P.to_dict(), state=State.RESTARTING)
         dep.port = http.server_address[1]
-        save(tmp_settings, dep)
+        create(tmp_settings, dep)
 
         def relaunched():
             time.sleep(1.0)
             dep.pid, dep.started_at, dep.state = api.pid, started_at(api.pid), State.STARTING
-            save(tmp_settings, dep)
+            dep.leader_started = dep.started_at
+            create(tmp_settings, dep)
 
         threading.Thread(target=relaunched, daemon=True).start()
         calls = []

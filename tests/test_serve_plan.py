@@ -9,7 +9,8 @@ import pytest
 from dsagent.errors import InputError, ParallelismError
 from dsagent.plan.budget import check_layout
 from dsagent.system.procs import MARK
-from dsagent.deploy.launch import ServeOptions, plan_serve, serves_dummy_weights, thread_binding
+from dsagent.deploy.launch.options import ServeOptions
+from dsagent.deploy.launch.argv import plan_serve, thread_binding
 from dsagent.settings import Settings
 
 SETTINGS = Settings(home=Path("/h"), engine_python="/venv/bin/python")
@@ -53,7 +54,7 @@ def test_gpu_plan_passes_parallelism_and_reasoning_parser():
     assert _flag(plan.argv, "--gpu-memory-utilization") == "0.9"
     assert _flag(plan.argv, "--reasoning-parser") == "deepseek_r1"
     assert _flag(plan.argv, "--load-format") == "dummy"
-    assert serves_dummy_weights(plan.argv) and not serves_dummy_weights(plan_serve("dummy", Path("/m"), SETTINGS, ServeOptions()).argv)
+    assert "--load-format" not in plan_serve("dummy", Path("/m"), SETTINGS, ServeOptions()).argv
     assert _flag(plan.argv, "--tokenizer") == "/tok"
     assert "--dtype" not in plan.argv and "VLLM_CPU_KVCACHE_SPACE" not in plan.env
 

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from dsagent.errors import AlreadyRunningError, InstallError, PortInUseError, StartupError
-from dsagent.system.procs import deployment_processes, mark_for, processes_of
-from dsagent.deploy.records import load
-from dsagent.deploy.launch import ServeOptions
+from dsagent.deploy.record.identity import mark_for, processes_of
+from dsagent.system.procs import all_processes
+from dsagent.deploy.record.store import load
+from dsagent.deploy.launch.options import ServeOptions
 from dsagent.deploy.up import up
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -133,7 +134,7 @@ def test_tp_refused_before_launch(cli, settings):
     assert out.returncode == 2
     assert "tensor parallel size 2 does not divide the model's 9 attention heads" in out.stderr
     assert "fix: use --tp in [1, 3, 9]" in out.stderr
-    assert not deployment_processes(mark_for(settings.home, "tp2"))
+    assert not [p for p in all_processes() if p.deployment == mark_for(settings.home, "tp2")]
 
 
 def test_missing_vllm_names_the_extra(tmp_path, cli):
@@ -148,7 +149,7 @@ def test_missing_vllm_names_the_extra(tmp_path, cli):
 def test_missing_vllm_raises_install_error(tmp_path, settings):
     import venv
 
-    from dsagent.deploy.launch import engine_version
+    from dsagent.deploy.launch.spawn import engine_version
     from dsagent.settings import Settings
 
     venv.EnvBuilder(with_pip=False).create(tmp_path / "bare")

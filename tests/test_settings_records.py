@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from dsagent.deploy.records import Deployment, list_all, load, save
+from dsagent.deploy.record.store import Deployment, create, list_all, load
 from dsagent.settings import Settings
 
 
@@ -24,7 +24,7 @@ def test_api_key_is_made_once_with_mode_0600(tmp_settings):
 def test_records_round_trip_and_list(tmp_settings):
     dep = Deployment(name="m", model="m", model_path="/p", host="0.0.0.0", port=9, api_key_file="/k",
                      log_file="/l", argv=["x"], measured={"kv_cache_tokens": 5})
-    save(tmp_settings, dep)
+    create(tmp_settings, dep)
     again = load(tmp_settings, "m")
     assert again == dep
     assert again.base_url == "http://127.0.0.1:9/v1"  # a wildcard bind is called on loopback

@@ -21,17 +21,19 @@ import anyio
 import psutil
 import pytest
 
-from dsagent.deploy.launch import ServeOptions
-from dsagent.deploy.records import load
-from dsagent.deploy.restart import RestartPolicy
-from dsagent.deploy.state import State
-from dsagent.deploy.status import live_state, report, supervisor_alive
+from dsagent.deploy.launch.options import ServeOptions
+from dsagent.deploy.record.store import load
+from dsagent.deploy.supervise.policy import RestartPolicy
+from dsagent.deploy.record.state import State
+from dsagent.deploy.record.phase import live_state
+from dsagent.deploy.status import report
+from dsagent.deploy.record.identity import supervisor_alive
 from dsagent.deploy.stop import stop
-from dsagent.deploy.supervise import follow
+from dsagent.deploy.supervise.supervisor import follow
 from dsagent.deploy.up import up
 from dsagent.errors import DeploymentFailedError
 from dsagent.settings import Settings
-from dsagent.system.procs import processes_of
+from dsagent.deploy.record.identity import processes_of
 from tests.conftest import run_cli
 
 FAST = RestartPolicy(mode="on-failure", backoff=0.5, max_failures=4, window=900, interval=0.5, health_grace=5,
@@ -232,12 +234,12 @@ def test_stop_during_a_backoff_means_nothing_restarts(model_dir, tmp_path):
 
 def test_follow_of_an_unsupervised_failed_record_raises(tmp_settings):
     """``follow`` without a supervisor is ``launch.wait``: a record whose process is gone fails at once."""
-    from dsagent.deploy.records import Deployment, save
+    from dsagent.deploy.record.store import Deployment, create
 
     dep = Deployment(name="x", model="m", model_path="/m", host="127.0.0.1", port=1, api_key_file="/k",
                      log_file=str(tmp_settings.logs_dir / "x.log"), argv=[], pid=None, state=State.STARTING,
                      started_at=time.time())
-    save(tmp_settings, dep)
+    create(tmp_settings, dep)
     from dsagent.errors import StartupError
 
     with pytest.raises(StartupError):

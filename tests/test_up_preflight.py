@@ -12,7 +12,7 @@ from dsagent.system import gpus as gpus_module
 from dsagent.plan.catalog import resolve
 from dsagent.errors import DoesNotFitError, ParallelismError
 from dsagent.system.gpus import Gpu
-from dsagent.deploy.launch import ServeOptions
+from dsagent.deploy.launch.options import ServeOptions
 from dsagent.deploy.up import _preflight
 
 

@@ -6,10 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-from ..deploy.launch import ServeOptions
-from ..deploy.restart import MODES, RestartPolicy
-from ..deploy.records import Deployment
-from ..deploy.state import PHASES, State
+from ..deploy.launch.options import ServeOptions
+from ..deploy.supervise.policy import MODES, RestartPolicy
+from ..deploy.record.store import Deployment
+from ..deploy.record.state import PHASES, State
 from ..settings import Settings
 from ..system.gpus import detect_device
 
@@ -110,7 +110,7 @@ def add_cluster_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_restart_flags(p: argparse.ArgumentParser, default: str = "no") -> None:
-    """The supervisor's flags (``up``, ``service install``); see ``dsagent.deploy.restart``."""
+    """The supervisor's flags (``up``, ``service install``); see ``dsagent.deploy.supervise.policy``."""
     d = RestartPolicy()
     g = p.add_argument_group("supervision (restarts)")
     g.add_argument("--restart", choices=MODES, default=default,

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(host_config(args.client, settings=home, up=args.up, model=args.model), indent=2))
         print(f"# put this in {CLIENTS[args.client]}", file=sys.stderr)
         return 0
-    from ..deploy.launch import ServeOptions
+    from ..deploy.launch.options import ServeOptions
     from ..mcp.backend import Backend  # the MCP SDK loads only for this command
     from ..mcp.server import serve
     from ..system.gpus import detect_device

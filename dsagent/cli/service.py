@@ -10,46 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
-import sys
 from pathlib import Path
 from typing import Any
 
-from ..deploy.service import install, render_unit, uninstall, unit_dir
+from ..deploy.supervise.service import install, render_unit, uninstall, unit_dir, up_command
 from ..errors import InputError
 from ..plan.catalog import DEFAULT_CPU_MODEL, resolve
 from ._common import add_restart_flags, add_serve_flags, restart_policy, serve_options, settings
 
-__all__ = ["add_command", "up_argv"]
-
-_NOT_UP = {"json", "no_wait", "timeout", "user", "print", "dir", "func", "command", "action", "model"}
-
-
-def _up_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    add_serve_flags(p)
-    add_restart_flags(p, default="on-failure")
-    return p
-
-
-def up_argv(args: argparse.Namespace) -> list[str]:
-    """The ``dsagent up`` flags that ``args`` sets to other than their defaults, as argv words."""
-    out = [args.model] if args.model else []
-    for action in _up_parser()._actions:
-        if not action.option_strings or action.dest in _NOT_UP:
-            continue
-        value, flag = getattr(args, action.dest, action.default), action.option_strings[0]
-        if value == action.default and action.dest != "restart":
-            continue
-        if isinstance(action, argparse._StoreTrueAction):
-            out.append(flag)
-        elif isinstance(value, list):
-            out += [f"{flag}={v}" for v in value]  # --vllm-arg=--x: a value that looks like a flag
-        elif isinstance(value, tuple):
-            out += [flag, ",".join(map(str, value))]
-        else:
-            out += [flag, "auto" if action.dest == "port" and value == 0 else str(value)]
-    return out
-
+__all__ = ["add_command"]
 
 def _name(args: argparse.Namespace) -> str:
     if args.name:
@@ -61,9 +30,9 @@ def _name(args: argparse.Namespace) -> str:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    restart_policy(args), serve_options(args)  # bad flags are refused here, not at boot
+    policy, options = restart_policy(args), serve_options(args)  # bad flags are refused here, not at boot
     home, name = settings(), _name(args)
-    argv = [sys.executable, "-m", "dsagent.cli", "up", *up_argv(args), "--name", name, "--foreground"]
+    argv = up_command(args.model, name, options, policy)
     env = {**dict(home.exported), "DSAGENT_HOME": str(home.home)}
     unit = render_unit(name, argv, env, user=args.user, run_as=pwd.getpwuid(os.getuid()).pw_name,
                        workdir=str(home.home))

@@ -7,32 +7,36 @@ import json
 import time
 from typing import Any
 
-from ..deploy.ready import log_tail
-from ..deploy.records import list_all, load
-from ..deploy.status import live_state, orphans, report
+from ..deploy.record.identity import MARK
+from ..deploy.record.logs import log_tail
+from ..deploy.record.names import check_name
+from ..deploy.record.phase import live_state
+from ..deploy.record.store import list_all, load
+from ..deploy.status import orphans, report, reports
 from ..errors import NoDeploymentError
-from ..system.procs import MARK
 from ._common import settings
 
 __all__ = ["add_command"]
 
 
 def _load(name: str) -> Any:
-    dep = load(settings(), name)
+    dep = load(settings(), check_name(name))
     if dep is None:
         raise NoDeploymentError(f"no deployment named {name!r}", "list them with `dsagent ps`", name=name)
     return dep
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    deps = [_load(args.name)] if args.name else list_all(settings())
-    reports = [report(d, settings=settings()) for d in deps]
+    rows = [report(_load(args.name), settings=settings())] if args.name else reports(settings())
     if args.json:
-        print(json.dumps(reports[0] if args.name or len(reports) == 1 else reports, indent=2))
+        print(json.dumps(rows[0] if args.name or len(rows) == 1 else rows, indent=2))
         return 0
-    if not reports:
+    if not rows:
         print("no deployments; start one with: dsagent up")
-    for r in reports:
+    for r in rows:
+        if r["state"] == "unreadable":
+            print(f"{r['name']}: unreadable  record {r['record']}\n  {r['reason']}\n  fix: {r['fix']}")
+            continue
         kv = f"{r['kv_cache_usage'] * 100:.1f}%" if r["kv_cache_usage"] is not None else "-"
         running = r["requests_running"] if r["requests_running"] is not None else "-"
         print(f"{r['name']}: {r['state']}  {r['base_url']}  pid {r['pid'] or '-'}  KV used {kv}  running {running}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..deploy.records import list_all
-from ..deploy.state import State
-from ..deploy.status import live_state
+from ..deploy.record.store import list_all
+from ..deploy.record.state import State
+from ..deploy.record.phase import live_state
 from ..deploy.stop import stop, stop_orphans
 from ..errors import AmbiguousDeploymentError
 from ._common import settings
@@ -22,14 +22,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     name = args.name
     if not name and not args.all:
-        running = [d.name for d in list_all(home) if live_state(d) not in (State.STOPPED, State.FAILED)]
+        running = [d.name for d in list_all(home) if live_state(d).running or live_state(d) == State.CRASHED]
         if len(running) != 1:
             raise AmbiguousDeploymentError(f"{len(running)} deployments are running: {', '.join(running) or 'none'}",
                                            "name one (dsagent stop NAME) or use --all", names=running)
         name = running[0]
-    for res in stop(name, settings=home):
-        print(f"{res.name}: stopped ({len(res.ended)} process(es) ended, none left)")
-    return 0
+    problems = 0
+    for res in stop(name, all=args.all and not name, settings=home):
+        if res.problem:
+            problems += 1
+            print(f"{res.name}: not stopped: {res.problem}")
+        elif res.removed:
+            print(f"{res.name}: nothing of it was running; its stale record is removed")
+        else:
+            print(f"{res.name}: stopped ({len(res.ended)} process(es) ended, none left)")
+    return 1 if problems else 0
 
 
 def add_command(sub: Any) -> None:

@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from ..deploy.state import State
-from ..deploy.supervise import run_foreground
+from ..deploy.record.state import State
+from ..deploy.supervise.supervisor import run_foreground
 from ..deploy.up import up
 from ._common import (Progress, add_cluster_flags, add_restart_flags, add_serve_flags, print_deployment,
                       restart_policy, serve_options, settings)

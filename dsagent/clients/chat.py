@@ -40,7 +40,7 @@ from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import BaseChatOpenAI
 from pydantic import PrivateAttr
 
-from ..deploy.records import Deployment
+from ..deploy.record.store import Deployment
 from ..deploy.up import attach, up
 from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..deploy.records import Deployment
+from ..deploy.record.store import Deployment
 
 __all__ = ["snippets"]
 

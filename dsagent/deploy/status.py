@@ -1,84 +1,38 @@
 """status and ps: what a deployment is doing now, read from its processes, /health and /metrics.
 
-``live_state`` is the one reading of a deployment's ``State``; ``find`` the one lookup of the
+``find`` is the one lookup of the
 deployment a command or a client means (by name, else the newest running one); ``report`` the
 JSON of ``dsagent status --json``; ``orphans`` what ``dsagent ps`` lists as left behind.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import replace
 from typing import Any
 
-import httpx
-
-from ..errors import NoDeploymentError
+from ..errors import NoDeploymentError, UnreadableRecordError
 from ..settings import Settings
-from ..system.procs import MARK, ProcInfo, leader_alive, processes_of, same_process, vllm_processes
-from .ready import log_tail, parse_capacity, start_state
-from .records import Deployment, list_all, load
-from .rollcall import load_reports
-from .state import State
+from ..system.procs import ProcInfo
+from .record.identity import leader_alive, processes_of, supervisor_alive
+from .record.identity import orphans as identity_orphans
+from .record.logs import log_tail, parse_capacity
+from .record.names import check_name
+from .record.phase import live_state, metrics
+from .record.reports import load_reports
+from .record.state import State
+from .record.store import Deployment, list_all, load, scan
 
-__all__ = ["find", "live_state", "orphans", "parse_metrics", "report", "status", "supervisor_alive"]
+__all__ = ["find", "orphans", "report", "reports", "status", "unreadable"]
 
 LOST = 20.0
 """Seconds without a report after which a running head calls a node ``lost`` (reports come every 5 s)."""
-
-_METRIC = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+\-]+|NaN)\s*$", re.MULTILINE)
-
-
-def parse_metrics(text: str) -> dict[str, float]:
-    """Sum vLLM's Prometheus gauges over engines (``vllm:`` prefix dropped).
-
-    >>> parse_metrics('vllm:num_requests_running{engine="0"} 2.0\\nvllm:kv_cache_usage_perc{engine="0"} 0.25')
-    {'num_requests_running': 2.0, 'kv_cache_usage_perc': 0.25}
-    """
-    out: dict[str, float] = {}
-    for name, value in _METRIC.findall(text):
-        key = name.removeprefix("vllm:")
-        if value != "NaN":
-            out[key] = out.get(key, 0.0) + float(value)
-    return out
-
-
-def _get(url: str, timeout: float = 2.0) -> httpx.Response | None:
-    try:
-        return httpx.get(url, timeout=timeout)
-    except httpx.HTTPError:
-        return None
-
-
-def supervisor_alive(dep: Deployment) -> bool:
-    """True while the deployment's supervisor (``up --restart``, ``up --foreground``) runs."""
-    return same_process(dep.supervisor_pid, dep.supervisor_started)
-
-
-def live_state(dep: Deployment) -> State:
-    """The deployment's state now, from its API server, ``/health``, its log, its processes and
-    its supervisor (which is bringing it back when the API server is gone)."""
-    supervised = supervisor_alive(dep)
-    if supervised and dep.state == State.RESTARTING:
-        return State.RESTARTING
-    if leader_alive(dep):
-        r = _get(f"{dep.head_url or dep.root_url}/health")  # a joined node is ready when the whole is
-        if r is not None and r.status_code == 200:
-            return State.READY
-        if dep.state in (State.READY, State.UNHEALTHY):
-            return State.UNHEALTHY
-        return start_state(log_tail(dep.log_file, 400))
-    if supervised:
-        return State.RESTARTING
-    if processes_of(dep):
-        return State.CRASHED
-    return State.FAILED if dep.state == State.FAILED else State.STOPPED
 
 
 def find(settings: Settings, name: str | None = None) -> tuple[Deployment | None, State, list[tuple[Deployment, State]]]:
     """The newest running deployment (named ``name`` when given) and its state, and every
     deployment of that name (or all) with its state, for the caller to say why none runs."""
+    if name is not None:
+        check_name(name)
     deps = [(d, live_state(d)) for d in list_all(settings) if name is None or d.name == name]
     running = [(d, s) for d, s in deps if s.running]
     if not running:
@@ -91,7 +45,7 @@ def report(dep: Deployment, *, settings: Settings | None = None) -> dict[str, An
     """The record plus the live view: state, processes, KV usage and requests from /metrics;
     on the head of a multi-node deployment (with ``settings``) what each node last reported."""
     state = live_state(dep)
-    procs = processes_of(dep) if state != State.STOPPED else []
+    procs = processes_of(dep) if state not in (State.STOPPED, State.STALE) else []
     out: dict[str, Any] = {
         "name": dep.name,
         "state": str(state),
@@ -119,12 +73,13 @@ def report(dep: Deployment, *, settings: Settings | None = None) -> dict[str, An
     }
     if state == State.CRASHED:
         out["reason"] = "the API server is gone but its engine processes remain; run: dsagent stop " + dep.name
+    if state == State.STALE:
+        out["reason"] = (f"the record says {dep.state} but nothing of it runs any more; `dsagent stop {dep.name}` "
+                         "removes the record")
     if dep.nodes_total > 1:
         out.update(node_rank=dep.node_rank, master=dep.master, head_url=dep.head_url, nodes=_nodes(dep, state, settings))
     if state == State.READY:
-        r = _get(f"{dep.root_url}/metrics")
-        if r is not None and r.status_code == 200:
-            m = parse_metrics(r.text)
+        if (m := metrics(dep)) is not None:
             out["kv_cache_usage"] = m.get("kv_cache_usage_perc", m.get("gpu_cache_usage_perc"))
             out["requests_running"] = m.get("num_requests_running")
             out["requests_waiting"] = m.get("num_requests_waiting")
@@ -164,10 +119,21 @@ def _nodes(dep: Deployment, state: State, settings: Settings | None) -> list[dic
     return out
 
 
+def unreadable(err: UnreadableRecordError) -> dict[str, Any]:
+    """The row ``status`` shows for a record that cannot be parsed: its file and what to do."""
+    return {"name": err.name, "state": "unreadable", "record": err.path, "reason": err.problem, "fix": err.remedy}
+
+
+def reports(settings: Settings) -> list[dict[str, Any]]:
+    """``report`` of every deployment of the home, and an ``unreadable`` row for each broken record."""
+    deps, broken = scan(settings)
+    return [report(d, settings=settings) for d in deps] + [unreadable(err) for err in broken]
+
+
 def status(name: str | None = None, *, settings: Settings | None = None) -> dict[str, Any]:
     """``report`` of deployment ``name``, else of the newest running (or newest) deployment."""
     settings = settings or Settings.load()
-    dep = load(settings, name) if name else find(settings)[0]
+    dep = load(settings, check_name(name)) if name else find(settings)[0]
     if dep is None and name is None:
         dep = max(list_all(settings), key=lambda d: d.started_at or 0.0, default=None)
     if dep is None:
@@ -178,21 +144,5 @@ def status(name: str | None = None, *, settings: Settings | None = None) -> dict
 
 
 def orphans(settings: Settings) -> list[ProcInfo]:
-    """vLLM processes nobody runs any more: engines re-parented to init, or those of a
-    dsagent deployment whose API server is gone. A stranger's live server is not an orphan.
-
-    Processes left by a deployment of this home (found by its mark or its process group, since
-    an engine's title change wipes its environment) carry that deployment's mark in
-    ``deployment``, so ``ps`` can say which ``dsagent stop NAME`` reaps them."""
-    deps = list_all(settings)
-    owners = {d.env.get(MARK, d.name): d for d in deps}
-    by_pid = {p.pid: d for d in deps for p in processes_of(d)}
-    out = []
-    for p in vllm_processes():
-        dep = by_pid.get(p.pid) or owners.get(p.deployment or "")
-        if dep is not None:
-            if not leader_alive(dep):
-                out.append(replace(p, deployment=dep.env.get(MARK, dep.name)))
-        elif p.cmdline.startswith("VLLM::") and p.ppid == 1:
-            out.append(p)
-    return out
+    """Processes of this home's deployments whose API server is gone (``identity.orphans``)."""
+    return identity_orphans(settings, list_all(settings))

@@ -23,18 +23,22 @@ from ..system.gpus import detect_device
 from ..system.ports import check_port, free_port, is_local_address, port_is_free
 from ..system.procs import port_owner
 from ..weights.fetch import FetchResult, fetch
-from .join import JoinSpec, join_command
-from .launch import (ServeOptions, ServePlan, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of,
-                     serves_dummy_weights)
-from .ready import Progress, log_tail
-from .raycluster import attach_ray
-from .records import Deployment, argv_flag, load, save
-from .restart import RestartPolicy
-from .rollcall import report_address
-from .state import State
-from .status import find, live_state, supervisor_alive
-from .supervise import adopt, follow, start_supervisor
-from .watch import start_watcher
+from .launch.argv import plan_serve
+from .launch.options import ServeOptions, ServePlan
+from .launch.spawn import check_compiler, engine_version, launch, pin_interface, record_of
+from .nodes.join import JoinSpec, join_command
+from .nodes.ray import attach_ray
+from .nodes.rollcall import report_address
+from .nodes.watch import start_watcher
+from .record.identity import supervisor_alive
+from .record.logs import log_tail
+from .record.names import check_name
+from .record.phase import Progress, live_state
+from .record.state import State
+from .record.store import Deployment, load, update
+from .status import find
+from .supervise.policy import RestartPolicy
+from .supervise.supervisor import adopt, follow, start_supervisor
 
 __all__ = ["DEFAULT_GPU_MODEL", "attach", "up"]
 
@@ -42,10 +46,15 @@ DEFAULT_GPU_MODEL = "deepseek-r1-distill-qwen-7b"
 Step = Callable[[str], None]
 
 
+def _options(dep: Deployment) -> ServeOptions:
+    """The options the deployment was launched with (as its record keeps them)."""
+    return ServeOptions.from_dict(dep.options)
+
+
 def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) -> bool:
     wanted_port = opts.port in (0, dep.port)
     same_path = model_path is None or dep.model_path == model_path
-    same_weights = serves_dummy_weights(dep.argv) == opts.dummy_weights  # never answer real calls with random weights
+    same_weights = _options(dep).dummy_weights == opts.dummy_weights  # never answer real calls with random weights
     return (wanted_port and dep.host == opts.host and dep.tp == opts.tp and dep.pp == opts.pp and same_path
             and same_weights)
 
@@ -109,7 +118,7 @@ def _running(existing: Deployment, spec: ModelSpec, opts: ServeOptions, step: St
     if not _same_launch(existing, opts, str(spec.path) if spec.path else None):
         raise AlreadyRunningError(
             f"{existing.name} is already running on {existing.base_url} (tp {existing.tp}, pp {existing.pp}"
-            f"{', random weights' if serves_dummy_weights(existing.argv) else ''}, pid {existing.pid}) with other "
+            f"{', random weights' if _options(existing).dummy_weights else ''}, pid {existing.pid}) with other "
             f"settings than asked",
             f"use it as it is, or stop it first: dsagent stop {existing.name}",
             name=existing.name, base_url=existing.base_url,
@@ -129,8 +138,7 @@ def _supervised(dep: Deployment, restart: RestartPolicy | None, foreground: bool
                                       f"stop it first (dsagent stop {dep.name}), then run this again",
                                       name=dep.name, base_url=dep.base_url)
         return dep
-    dep.restart = restart.to_dict()
-    save(settings, dep)
+    dep = update(settings, dep.name, restart=restart.to_dict())
     return adopt(dep, settings) if foreground else start_supervisor(dep, settings)
 
 
@@ -188,7 +196,7 @@ def _start(plan: ServePlan, record: Deployment, spec: ModelSpec, fetched: FetchR
         plan = pin_interface(plan)
         record.env = {**record.env, **plan.env}
         record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
-        _tell_nodes(record, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
+        _tell_nodes(record, opts, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
     step(f"serve: {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
     return start_watcher(record, settings, head=True) if head else record
@@ -199,21 +207,23 @@ def _model_ref(spec: ModelSpec) -> str:
     return spec.repo_id if spec.source == "hub" else str(spec.path) if spec.path else spec.name
 
 
-def _tell_nodes(record: Deployment, spec: ModelSpec, fingerprint: str, peers: Sequence[str], step: Step) -> None:
-    """Record every node of a multi-node deployment and print the command each must run."""
+def _tell_nodes(record: Deployment, opts: ServeOptions, spec: ModelSpec, fingerprint: str, peers: Sequence[str],
+                step: Step) -> None:
+    """Record every node of a multi-node deployment and print the command each must run (built
+    from the head's options as launched)."""
     ip = record.master.rsplit(":", 1)[0]
     # the others watch the head's /health: at its own address when the API listens on every interface
     api = ip if record.host in ("0.0.0.0", "::", "") else record.host
     record.nodes = [{"rank": 0, "ip": ip}]
-    for rank in range(1, record.nodes_total):
+    for rank in range(1, opts.nodes):
         peer = peers[rank - 1] if rank - 1 < len(peers) else None
-        cmd = join_command(record, JoinSpec(token=record.token, tokenizer=argv_flag(record.argv, "--tokenizer"),
-            head=record.master, node_rank=rank, model=_model_ref(spec),
-            nodes=record.nodes_total, tp=record.tp, pp=record.pp, dp=record.dp, node_ip=peer,
-            head_url=f"http://{api}:{record.port}", vllm_version=record.vllm_version, fingerprint=fingerprint,
-            max_model_len=record.max_model_len, dtype=record.dtype, dummy_weights=serves_dummy_weights(record.argv),
-            kv_cache_gib=int(record.env["VLLM_CPU_KVCACHE_SPACE"]) if "VLLM_CPU_KVCACHE_SPACE" in record.env else None,
-            gpu_memory_utilization=float(gmu) if (gmu := argv_flag(record.argv, "--gpu-memory-utilization")) else None))
+        cmd = join_command(record, JoinSpec(
+            token=record.token, head=record.master, node_rank=rank, model=_model_ref(spec), nodes=opts.nodes,
+            tp=opts.tp, pp=opts.pp, dp=opts.dp, node_ip=peer, head_url=f"http://{api}:{record.port}",
+            vllm_version=record.vllm_version, fingerprint=fingerprint, max_model_len=opts.max_model_len,
+            dtype=opts.dtype, dummy_weights=opts.dummy_weights, tokenizer=opts.tokenizer,
+            kv_cache_gib=opts.kv_cache_gib if opts.device == "cpu" else None,
+            gpu_memory_utilization=opts.gpu_memory_utilization if opts.device != "cpu" else None))
         record.nodes.append({"rank": rank, "ip": peer or "", "join": cmd})
         step(f"on node {rank}, run: {cmd}")
 
@@ -244,7 +254,7 @@ def up(
     opts = options or ServeOptions(device=detect_device(settings))
     step = on_step or (lambda _msg: None)
     spec = resolve(model or (DEFAULT_CPU_MODEL if opts.device == "cpu" else DEFAULT_GPU_MODEL))
-    name = name or spec.name
+    name = check_name(name or spec.name)
 
     existing = load(settings, name)
     if existing is not None and live_state(existing).running:
@@ -273,7 +283,6 @@ def up(
                       sampling=spec.sampling)
     record = record_of(plan, settings, model=spec.repo_id or spec.name, vllm_version=version(), estimate=estimate,
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
-    record.dp = opts.dp
     record = _supervised(_start(plan, record, spec, fetched, peers, settings, step), restart, foreground, settings)
     return follow(record, settings, timeout=timeout, on_progress=on_progress) if wait_ready else record
 

@@ -17,9 +17,9 @@ import anyio
 from mcp.server.mcpserver.exceptions import ToolError
 
 from ..clients import recipes
-from ..deploy.launch import ServeOptions
-from ..deploy.records import Deployment, list_all
-from ..deploy.state import State
+from ..deploy.launch.options import ServeOptions
+from ..deploy.record.store import Deployment, list_all
+from ..deploy.record.state import State
 from ..deploy.status import find, report
 from ..deploy.up import attach
 from ..errors import DsagentError, NoDeploymentError

@@ -13,10 +13,11 @@ from typing import Any
 
 import anyio
 
-from ..deploy.launch import ServeOptions, wait
-from ..deploy.records import Deployment
-from ..deploy.state import State
-from ..deploy.status import live_state
+from ..deploy.launch.options import ServeOptions
+from ..deploy.launch.spawn import wait
+from ..deploy.record.store import Deployment
+from ..deploy.record.state import State
+from ..deploy.record.phase import live_state
 from ..deploy.stop import stop
 from ..deploy.up import up
 from ..errors import DsagentError

@@ -12,7 +12,7 @@ from typing import Any
 import openai
 from mcp.server.mcpserver.exceptions import ToolError
 
-from ..deploy.records import Deployment
+from ..deploy.record.store import Deployment
 from ..errors import DsagentError
 from ..plan.catalog import resolve
 from ..settings import Settings

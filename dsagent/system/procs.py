@@ -1,13 +1,8 @@
 """The one place that starts, finds and ends processes.
 
-A deployment is a process tree: the vLLM API server, ``VLLM::EngineCore`` and one
-``VLLM::Worker_*`` per rank. The server is started as the leader of a new session, so every
-process of the tree shares its process group (recorded as the deployment's ``pgid``), which
-survives the API server's death: the engine is re-parented to PID 1 but keeps its group, which
-is how ``stop`` finds what a crash left behind. Processes also inherit
-``DSAGENT_DEPLOYMENT=<name>``, a second mark for those that leave the group; the engine and
-workers lose it (setproctitle overwrites the memory /proc/PID/environ reads), so the group is
-the primary mark.
+Mechanisms only: spawn a session leader, list processes (``ProcInfo``: pid, group, start time,
+command line, the ``DSAGENT_DEPLOYMENT`` mark where /proc shows it), signal and verify. Which of
+them belong to a deployment is decided in one place, ``dsagent.deploy.record.identity``.
 """
 
 from __future__ import annotations
@@ -26,12 +21,12 @@ import psutil
 from ..errors import StopError
 
 __all__ = [
-    "MARK", "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "alive", "cxx_compiler", "deployment_processes", "end_processes",
-    "engine_env", "leader_alive", "mark_for", "port_owner", "process_info", "processes_of", "run", "same_process", "spawn",
-    "started_at", "vllm_processes",
+    "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "all_processes", "alive", "cxx_compiler", "end_processes", "engine_env",
+    "port_owner", "process_info", "run", "spawn", "vllm_processes",
 ]
 
 MARK = "DSAGENT_DEPLOYMENT"
+"""The environment variable a deployment's processes carry (its value: ``deploy.record.identity.mark_for``)."""
 
 
 @dataclass(frozen=True)
@@ -129,58 +124,23 @@ def _info(proc: psutil.Process, environ: bool) -> ProcInfo | None:
         return None
 
 
-def _all(environ: bool = True) -> list[ProcInfo]:
+def all_processes(environ: bool = True) -> list[ProcInfo]:
+    """Every live process but this one (zombies left out)."""
     me = os.getpid()
     found = (_info(p, environ) for p in psutil.process_iter() if p.pid != me)
     return [p for p in found if p is not None]
 
 
-def mark_for(home: Path, name: str) -> str:
-    """The environment mark of deployment ``name`` of the dsagent home ``home`` (unique per home)."""
-    return f"{name}@{home}"
 
 
-def deployment_processes(mark: str, pgid: int | None = None, since: float | None = None) -> list[ProcInfo]:
-    """Every live process carrying ``mark``, or in process group ``pgid`` and started after
-    ``since`` (so a later process that reuses the number is not taken for ours)."""
-    def ours(p: ProcInfo) -> bool:
-        if p.deployment == mark:
-            return True
-        return bool(pgid) and p.pgid == pgid and (since is None or p.started >= since - 2.0)
-
-    return [p for p in _all() if ours(p)]
 
 
-def processes_of(dep: Any) -> list[ProcInfo]:
-    """The live processes of a deployment record (``env[MARK]``, ``pgid``, ``started_at``)."""
-    return deployment_processes(dep.env.get(MARK, dep.name), dep.pgid, dep.started_at)
 
 
-def leader_alive(dep: Any) -> bool:
-    """True while the deployment's own API server runs (not a process that reused its pid)."""
-    if not alive(dep.pid):
-        return False
-    try:
-        started = psutil.Process(dep.pid).create_time()
-    except psutil.Error:
-        return False
-    return dep.started_at is None or abs(started - dep.started_at) < 10.0
 
 
-def started_at(pid: int) -> float | None:
-    """When process ``pid`` started (epoch seconds), or ``None`` when there is none."""
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None
 
 
-def same_process(pid: int | None, started: float | None) -> bool:
-    """True while ``pid`` runs and is the process that started at ``started`` (not a reuse)."""
-    if not alive(pid):
-        return False
-    when = started_at(pid or 0)
-    return when is not None and (started is None or abs(when - started) < 1.0)
 
 
 def process_info(pid: int) -> ProcInfo | None:
@@ -195,9 +155,9 @@ def vllm_processes() -> list[ProcInfo]:
     """Every live vLLM engine or worker process (titled ``VLLM::...``) and API server."""
     return [
         p
-        for p in _all()
+        for p in all_processes()
         if p.name.startswith("VLLM") or p.cmdline.startswith("VLLM::") or "vllm.entrypoints" in p.cmdline
-        or "dsagent.deploy.vllm_cli" in p.cmdline  # multi-node and data-parallel launches
+        or "dsagent.deploy.launch.vllm_cli" in p.cmdline  # multi-node and data-parallel launches
     ]
 
 
@@ -210,8 +170,11 @@ def _signal(procs: Sequence[ProcInfo], sig: signal.Signals, groups: bool = True)
                 pass
     for p in procs:
         try:
-            os.kill(p.pid, sig)
-        except (ProcessLookupError, PermissionError):
+            proc = psutil.Process(p.pid)
+            if p.started and abs(proc.create_time() - p.started) >= 0.5:
+                continue  # the pid now names another process: never signal it
+            proc.send_signal(sig)
+        except (psutil.Error, PermissionError):
             pass
 
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ...errors import InvalidOptionError
 
 __all__ = ["MODES", "Decision", "Failure", "Monitor", "Observation", "RestartPolicy", "decide"]
 
@@ -72,6 +72,20 @@ class RestartPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def up_flags(self) -> list[str]:
+        """The ``dsagent up`` flags that give this policy (``--restart`` always; the rest when not default).
+
+        >>> RestartPolicy(mode="on-failure", canary_every=30.0).up_flags()
+        ['--restart', 'on-failure', '--canary-every', '30.0']
+        """
+        d, out = RestartPolicy(), ["--restart", self.mode]
+        for name, flag in (("backoff", "--restart-backoff"), ("max_failures", "--restart-max"),
+                           ("window", "--restart-window"), ("interval", "--check-interval"), ("stall", "--stall-seconds"),
+                           ("canary_every", "--canary-every"), ("canary_deadline", "--canary-deadline")):
+            if getattr(self, name) != getattr(d, name):
+                out += [flag, str(getattr(self, name))]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RestartPolicy:

@@ -1,26 +1,18 @@
-"""Readiness: which phase a starting vLLM server is in, read from its log and its /health.
+"""What a vLLM log says: the start phase it reached, why it failed, the KV capacity it measured.
 
-The phases, in order: ``starting`` -> ``loading`` (weights) -> ``profiling`` (memory profile,
-KV cache, compile, warm-up) -> ``ready``; or ``failed`` with the reason from the log tail.
-``phase_of_log`` is pure; ``wait_ready`` polls with a bounded tenacity wait.
+Pure text readers (``log_tail`` reads the file's last 64 KiB). The phases, in order: ``starting``
+-> ``loading`` (weights) -> ``profiling`` (memory profile, KV cache, compile, warm-up) -> the
+HTTP server is up (``serving``), which ``/health`` then confirms as ``ready``.
 """
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from ..errors import NotReadyError, StartupError
 from .state import State
 
-__all__ = [
-    "SERVING", "Progress", "failure_reason", "log_tail", "parse_capacity", "phase_of_log", "start_state", "wait_ready",
-]
+__all__ = ["SERVING", "failure_reason", "log_tail", "parse_capacity", "phase_of_log", "start_state"]
 
 SERVING = "serving"
 """The log's word for "the HTTP server is up": profiling until ``/health`` answers."""
@@ -103,75 +95,3 @@ def parse_capacity(text: str) -> dict[str, float]:
     if m := _CONCURRENCY.search(text):
         out["max_concurrency"] = float(m.group(2))
     return out
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One observation of a starting server, handed to the ``on_progress`` callback."""
-
-    phase: State
-    elapsed: float
-    detail: str = ""
-
-
-def _healthy(root_url: str, client: httpx.Client) -> bool:
-    try:
-        return client.get(f"{root_url}/health", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def wait_ready(
-    root_url: str,
-    log_file: Path | str,
-    is_alive: Callable[[], bool],
-    *,
-    timeout: float = 600.0,
-    interval: float = 0.5,
-    on_progress: Callable[[Progress], None] | None = None,
-    started: float | None = None,
-) -> float:
-    """Block until ``/health`` answers 200; return the seconds it took.
-
-    Raises ``StartupError`` (with the log tail) as soon as the process dies, and
-    ``NotReadyError`` after ``timeout`` seconds.
-    """
-    from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_fixed
-
-    t0 = started or time.time()
-    last = [State.STARTING]
-
-    with httpx.Client() as client:
-
-        def probe() -> State:
-            phase = start_state(log_tail(log_file, 400))
-            if not is_alive():
-                tail = log_tail(log_file, 30)
-                raise StartupError(
-                    f"vLLM exited while {phase}: {failure_reason(tail)}",
-                    f"read the log: {log_file} (tail below); fix the cause and run the command again\n{tail}",
-                    log_tail=tail,
-                    phase=phase,
-                )
-            if _healthy(root_url, client):
-                phase = State.READY
-            if on_progress:
-                on_progress(Progress(phase, time.time() - t0))
-            last[0] = phase
-            return phase
-
-        waiter = retry(
-            retry=retry_if_result(lambda p: p != State.READY),
-            wait=wait_fixed(interval),
-            stop=stop_after_delay(timeout),
-            reraise=True,
-        )(probe)
-        try:
-            waiter()
-        except RetryError:
-            raise NotReadyError(
-                f"not ready after {timeout:.0f} s (last phase: {last[0]})",
-                f"wait longer (--timeout), or read the log: {log_file}",
-                phase=last[0],
-            ) from None
-    return time.time() - t0

@@ -5,7 +5,7 @@ other node, the ``dsagent join`` command to run there (``join_command``). ``join
 before anything starts, what makes multi-node launches hang or fail later: this node's IP is
 its own, the head's master port answers, the vLLM version and the model's content (manifest
 fingerprint) are the head's. Then it starts this node's headless engine (``--headless``, no API
-server) and a watcher (``dsagent.deploy.watch``) that stops it when the head is gone.
+server) and a watcher (``dsagent.deploy.nodes.watch``) that stops it when the head is gone.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..errors import InvalidOptionError, JoinError
-from ..plan.budget import check_nodes
-from ..plan.catalog import ModelSpec, resolve
-from ..settings import Settings
-from ..system.ports import is_local_address, reachable, route_address
-from ..weights.fetch import FetchResult, fetch
-from .launch import ServeOptions, check_compiler, engine_version, launch, pin_interface, plan_serve, record_of
-from .records import Deployment
+from ...errors import InvalidOptionError, JoinError
+from ...plan.budget import check_nodes
+from ...plan.catalog import ModelSpec, resolve
+from ...settings import Settings
+from ...system.ports import is_local_address, reachable, route_address
+from ...weights.fetch import FetchResult, fetch
+from ..launch.options import ServeOptions
+from ..launch.spawn import check_compiler, engine_version, launch, pin_interface, record_of
+from ..launch.argv import plan_serve
+from ..record.names import check_name
+from ..record.store import Deployment
 from .watch import start_watcher
 
 __all__ = ["JoinSpec", "join", "join_command"]
@@ -102,6 +105,8 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
     """Check this node against the head, then start its headless engine and its watcher."""
     settings = settings or Settings.load()
     step = on_step or (lambda _m: None)
+    if spec.name is not None:
+        check_name(spec.name)
     host, _, port_text = spec.head.rpartition(":")
     if not host or not port_text.isdigit():
         raise InvalidOptionError(f"head {spec.head!r} is not IP:PORT", "pass what the head printed, e.g. "
@@ -141,13 +146,13 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
 
 def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResult, version: str,
            settings: Settings, step: Step) -> Deployment:
-    name = spec.name or model.name
+    name = check_name(spec.name or model.name)
     plan = plan_serve(name, fetched.path, settings, o, reasoning=model.reasoning, context_limit=model.context_limit,
                       sampling=model.sampling)
     plan = pin_interface(plan)
     record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
                        revision=fetched.revision)
-    record.node_rank, record.master, record.head_url, record.dp = spec.node_rank, spec.head, spec.head_url, spec.dp
+    record.master, record.head_url = spec.head, spec.head_url
     record.token = spec.token
     step(f"serve (headless, rank {spec.node_rank} of {spec.nodes}): {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)

@@ -16,7 +16,6 @@ launcher rewrites while the deployment starts).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -24,27 +23,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from ..settings import Settings
+from ...settings import Settings
+from ..record.reports import NodeReport, store_report
 
-__all__ = ["NodeReport", "RollCall", "failed_node", "load_reports", "report_address", "send_report"]
+__all__ = ["RollCall", "report_address", "send_report"]
 
 REPORT_OFFSET = 2
 """The roll call listens on the master port + 2 (+ 1 is the data-parallel handshake port)."""
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    """What one node says of itself."""
-
-    rank: int
-    ip: str
-    state: str
-    reason: str = ""
-    log_tail: str = ""
-    kv_tokens: int | None = None
-    kv_cache_gib: float | None = None
-    gpus: str = ""
-    at: float = 0.0
 
 
 def report_address(master: str) -> tuple[str, int]:
@@ -55,35 +40,6 @@ def report_address(master: str) -> tuple[str, int]:
     """
     host, _, port = master.rpartition(":")
     return host, int(port) + REPORT_OFFSET
-
-
-def _path(settings: Settings, name: str) -> Path:
-    return settings.deployments_dir / f"{name}.nodes"
-
-
-def load_reports(settings: Settings, name: str) -> dict[int, NodeReport]:
-    """The newest report of each node of deployment ``name`` (none before any arrived)."""
-    try:
-        data = json.loads(_path(settings, name).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return {int(rank): NodeReport(**r) for rank, r in data.items()}
-
-
-def failed_node(settings: Settings, name: str) -> NodeReport | None:
-    """The first node that reported its engine gone, if any."""
-    return next((r for _, r in sorted(load_reports(settings, name).items()) if r.state == "failed"), None)
-
-
-def _store(settings: Settings, name: str, report: NodeReport) -> None:
-    reports = load_reports(settings, name)
-    if reports.get(report.rank) and reports[report.rank].state == "failed":
-        return  # a node's failure stays on record
-    reports[report.rank] = report
-    path = _path(settings, name)
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({str(k): asdict(v) for k, v in reports.items()}, indent=2))
-    os.replace(tmp, path)
 
 
 class RollCall:
@@ -104,7 +60,7 @@ class RollCall:
                     ok, report = False, None
                 if ok and report is not None:
                     with lock:
-                        _store(settings, name, report)
+                        store_report(settings, name, report)
                         if report.state == "failed":
                             roll.failures.append(report)
                 self.send_response(204 if ok else 403)

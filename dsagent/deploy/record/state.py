@@ -3,7 +3,8 @@
 While starting: ``starting -> loading -> profiling -> ready``, or ``failed`` with the reason
 from the log tail (its processes are ended). Once up: ``ready``, or ``unhealthy`` while its
 ``/health`` fails; ``crashed`` when the API server is gone but some of its processes remain
-(``dsagent stop`` reaps them); ``stopped`` when nothing of it is left; ``planned`` before launch.
+(``dsagent stop`` reaps them); ``stopped`` when nothing of it is left; ``planned`` before launch;
+``stale`` when the record says it runs but nothing of it is alive (``dsagent stop`` removes it).
 A supervised deployment (``up --restart``) is ``restarting`` between a failure and its relaunch:
 its supervisor ends what is left, waits for the GPU memory to be free, and backs off.
 
@@ -31,6 +32,7 @@ class State(StrEnum):
     CRASHED = "crashed"
     FAILED = "failed"
     STOPPED = "stopped"
+    STALE = "stale"
 
     @property
     def running(self) -> bool:
@@ -50,5 +52,5 @@ class State(StrEnum):
 
 
 _RUNNING = frozenset({State.STARTING, State.LOADING, State.PROFILING, State.READY, State.UNHEALTHY, State.RESTARTING})
-_SETTLED = frozenset({State.READY, State.FAILED, State.CRASHED, State.STOPPED})
+_SETTLED = frozenset({State.READY, State.FAILED, State.CRASHED, State.STOPPED, State.STALE})
 PHASES = (State.STARTING, State.LOADING, State.PROFILING, State.READY)

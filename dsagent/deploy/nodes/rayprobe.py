@@ -1,4 +1,4 @@
-"""``python -m dsagent.deploy.rayprobe ADDRESS``: what a Ray cluster's live nodes run, as JSON.
+"""``python -m dsagent.deploy.nodes.rayprobe ADDRESS``: what a Ray cluster's live nodes run, as JSON.
 
 Run by ``raycluster.probe`` in the engine's interpreter (the one with Ray and vLLM). It connects
 to the running cluster as a client, schedules one zero-CPU task pinned to each live node and

@@ -14,13 +14,17 @@ on-failure``, with the GPU-memory wait and the backoff); once it gives up it exi
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidOptionError, NoDeploymentError
+from ...errors import InvalidOptionError, NoDeploymentError
+from ..launch.options import ServeOptions
+from ..record.names import check_name
+from .policy import RestartPolicy
 
-__all__ = ["UnitFile", "install", "parse_unit", "render_unit", "uninstall", "unit_dir", "unit_name"]
+__all__ = ["UnitFile", "install", "parse_unit", "render_unit", "uninstall", "unit_dir", "unit_name", "up_command"]
 
 _SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 
@@ -31,10 +35,17 @@ def unit_name(name: str) -> str:
     >>> unit_name("smollm2-135m-instruct")
     'dsagent-smollm2-135m-instruct.service'
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", name):
-        raise InvalidOptionError(f"deployment name {name!r} cannot name a systemd unit",
-                                 "use letters, digits, '-', '_', '.' and ':' (--name)", option="--name", value=name)
-    return f"dsagent-{name}.service"
+    return f"dsagent-{check_name(name)}.service"
+
+
+def up_command(model: str | None, name: str, options: ServeOptions, policy: RestartPolicy) -> list[str]:
+    """The unit's command: ``dsagent up`` in the foreground, its flags built from the typed options.
+
+    >>> up_command("smol", "s", ServeOptions(port=0), RestartPolicy("on-failure"))[3:]
+    ['up', 'smol', '--port', 'auto', '--restart', 'on-failure', '--name', 's', '--foreground']
+    """
+    return [sys.executable, "-m", "dsagent.cli", "up", *([model] if model else []), *options.up_flags(),
+            *policy.up_flags(), "--name", check_name(name), "--foreground"]
 
 
 def unit_dir(user: bool, home: Path | None = None) -> Path:

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 import platform
 from dataclasses import dataclass, replace
 
-from ..errors import InstallError, InvalidOptionError, JoinError
-from ..settings import Settings
-from ..system import procs
-from ..system.ports import is_local_address, reachable, route_address
-from .launch import ServeOptions
+from ...errors import InstallError, InvalidOptionError, JoinError
+from ...settings import Settings
+from ...system import procs
+from ...system.ports import is_local_address, reachable, route_address
+from ..launch.options import ServeOptions
 
 __all__ = ["RayNode", "attach_ray", "check_cluster", "probe"]
 
@@ -42,7 +42,7 @@ def probe(address: str, settings: Settings, timeout: float = 90.0) -> list[RayNo
     """The live nodes of the Ray cluster at ``address`` (``JoinError`` when it cannot be reached)."""
     env = procs.engine_env(os.environ, RAY_USAGE_STATS_ENABLED="0")
     try:
-        out = procs.run([settings.engine_python, "-m", "dsagent.deploy.rayprobe", address, str(timeout / 2)],
+        out = procs.run([settings.engine_python, "-m", "dsagent.deploy.nodes.rayprobe", address, str(timeout / 2)],
                         timeout=timeout, env=env)
     except OSError as exc:
         raise InstallError(f"the engine interpreter {settings.engine_python} cannot run: {exc}",

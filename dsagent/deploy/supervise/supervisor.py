@@ -1,6 +1,6 @@
 """The supervisor of a deployment started with ``dsagent up --restart on-failure|always``.
 
-``python -m dsagent.deploy.supervise NAME`` runs beside the deployment, detached, its pid in
+``python -m dsagent.deploy.supervise.supervisor NAME`` runs beside the deployment, detached, its pid in
 the record (``supervisor_pid``); ``dsagent up --foreground`` runs the same loop in its own
 process (what a systemd unit's ``ExecStart`` runs). Every ``interval`` seconds it observes the
 API server (alive?), ``/health``, ``/metrics`` (requests running, generated tokens) and, when
@@ -24,16 +24,18 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import DeploymentFailedError, NotReadyError, StopError
-from ..settings import Settings
-from ..system import gpus
-from ..system.procs import end_processes, engine_env, leader_alive, processes_of, spawn, started_at
-from .launch import ServeOptions, ServePlan, launch, wait
-from .ready import Progress, failure_reason, log_tail
-from .records import Deployment, load, save
-from .restart import Decision, Failure, Monitor, Observation, RestartPolicy, decide
-from .state import State
-from .status import live_state, parse_metrics, supervisor_alive
+from ...errors import DeploymentFailedError, StopError, UnreadableRecordError
+from ...settings import Settings
+from ...system import gpus
+from ...system.procs import engine_env, spawn
+from ..launch.spawn import ready_fields, relaunch, wait
+from ..record.identity import end, leader_alive, started_at, supervisor_alive
+from ..record.names import files
+from ..record.logs import failure_reason, log_tail
+from ..record.phase import Progress, healthy, live_state, metrics, wait_for
+from ..record.state import State
+from ..record.store import Deployment, load, update
+from .policy import Decision, Failure, Monitor, Observation, RestartPolicy, decide
 
 __all__ = ["adopt", "follow", "run_foreground", "start_supervisor", "supervise", "wait_gpu_free"]
 
@@ -50,18 +52,14 @@ def _say(message: str) -> None:
 def start_supervisor(dep: Deployment, settings: Settings) -> Deployment:
     """Start the detached supervisor of ``dep`` (its policy already in ``dep.restart``); record it."""
     env = engine_env(os.environ, DSAGENT_HOME=str(settings.home))
-    proc = spawn([sys.executable, "-m", "dsagent.deploy.supervise", dep.name], env,
-                 settings.logs_dir / f"{dep.name}.supervise.log")
-    dep.supervisor_pid, dep.supervisor_started = proc.pid, started_at(proc.pid)
-    save(settings, dep)
-    return dep
+    proc = spawn([sys.executable, "-m", "dsagent.deploy.supervise.supervisor", dep.name], env,
+                 files(settings, dep.name).supervise_log)
+    return update(settings, dep.name, supervisor_pid=proc.pid, supervisor_started=started_at(proc.pid))
 
 
 def adopt(dep: Deployment, settings: Settings) -> Deployment:
     """Make this process ``dep``'s supervisor (``up --foreground``)."""
-    dep.supervisor_pid, dep.supervisor_started = os.getpid(), started_at(os.getpid())
-    save(settings, dep)
-    return dep
+    return update(settings, dep.name, supervisor_pid=os.getpid(), supervisor_started=started_at(os.getpid()))
 
 
 def wait_gpu_free(pids: set[int], *, timeout: float = GPU_FREE_TIMEOUT, interval: float = 0.5,
@@ -82,21 +80,6 @@ def wait_gpu_free(pids: set[int], *, timeout: float = GPU_FREE_TIMEOUT, interval
         time.sleep(interval)
 
 
-def _metrics(client: httpx.Client, root: str) -> dict[str, float] | None:
-    try:
-        r = client.get(f"{root}/metrics", timeout=3.0)
-    except httpx.HTTPError:
-        return None
-    return parse_metrics(r.text) if r.status_code == 200 else None
-
-
-def _healthy(client: httpx.Client, root: str) -> bool:
-    try:
-        return client.get(f"{root}/health", timeout=3.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _canary(client: httpx.Client, dep: Deployment, key: str, deadline: float) -> bool:
     """A 1-token completion answered within ``deadline`` seconds."""
     try:
@@ -111,24 +94,24 @@ def _observe(dep: Deployment, client: httpx.Client, monitor: Monitor, key: str) 
     if not leader_alive(dep):
         tail = log_tail(dep.log_file, 40)
         return Observation(alive=False, clean_exit=bool(_CLEAN.search(tail)) and "Traceback" not in tail)
-    m = _metrics(client, dep.root_url) or {}
+    m = metrics(dep, client, timeout=3.0) or {}
     tokens = m.get("generation_tokens_total") if m else None
-    obs = Observation(True, _healthy(client, dep.root_url), running=m.get("num_requests_running", 0.0),
+    obs = Observation(True, healthy(dep.root_url, client, timeout=3.0), running=m.get("num_requests_running", 0.0),
                       waiting=m.get("num_requests_waiting", 0.0), tokens=tokens)
     if not monitor.canary_due(obs, time.time()):
         return obs
     ok = _canary(client, dep, key, monitor.policy.canary_deadline)
-    after = (_metrics(client, dep.root_url) or {}).get("generation_tokens_total")
+    after = (metrics(dep, client, timeout=3.0) or {}).get("generation_tokens_total")
     progressed = after is not None and tokens is not None and after > tokens
     return Observation(True, obs.healthy, running=obs.running, waiting=obs.waiting, tokens=after if ok else tokens,
                        canary_ok=ok, canary_progressed=progressed)
 
 
 def _ready(dep: Deployment, settings: Settings, say: Say) -> None:
-    dep.state, dep.reason, dep.ready_at = State.READY, "", time.time()
-    took = round(dep.ready_at - (dep.started_at or dep.ready_at), 1)
-    dep.measured = {**dep.measured, ("seconds_to_ready" if not dep.restarts else "seconds_to_ready_again"): took}
-    save(settings, dep)
+    now = time.time()
+    took = round(now - (dep.started_at or now), 1)
+    key = "seconds_to_ready" if not dep.restarts else "seconds_to_ready_again"
+    dep = update(settings, dep.name, lambda d: setattr(d, "measured", {**d.measured, key: took}), **ready_fields(dep))
     say(f"{dep.name} is ready (pid {dep.pid}, {took:.0f} s after launch, restarts {dep.restarts})")
 
 
@@ -139,27 +122,23 @@ def _take_down(dep: Deployment, settings: Settings, failure: Failure, say: Say) 
     detail = failure_reason(tail)
     if "starting" in reason and re.search(r"(Error|Exception)\b|error: ", detail):  # not a killed one's last line
         reason += f": {detail}"
-    dep.failures = [*dep.failures, {"at": time.time(), "reason": reason, "log_tail": tail}][-10:]
-    dep.state, dep.reason = State.RESTARTING, reason
-    save(settings, dep)
+    failure_row = {"at": time.time(), "reason": reason, "log_tail": tail}
+    update(settings, dep.name, lambda d: setattr(d, "failures", [*d.failures, failure_row][-10:]),
+           state=State.RESTARTING, reason=reason)
     say(f"{dep.name} failed: {reason}")
     # it failed: a long graceful exit buys nothing; an engine whose API server is gone only lingers
-    ended = end_processes(processes_of(dep), grace=5.0 if leader_alive(dep) else 1.0)
+    ended = end(dep, grace=5.0 if leader_alive(dep) else 1.0)
     freed = wait_gpu_free({p.pid for p in ended})
     say(f"ended {len(ended)} process(es); GPU memory free after {freed:.1f} s")
     return reason
 
 
-def _relaunch(dep: Deployment, settings: Settings) -> Deployment:
-    plan = ServePlan(name=dep.name, model_path=Path(dep.model_path), argv=tuple(dep.argv), env=dict(dep.env),
-                     host=dep.host, port=dep.port, log_file=Path(dep.log_file), options=ServeOptions())
-    dep.restarts += 1
-    return launch(plan, settings, api_key=settings.api_key(), record=dep)
-
-
 def _mine(settings: Settings, name: str) -> Deployment | None:
     """The record, while this process is still its supervisor (``dsagent stop`` or a new ``up`` takes it)."""
-    dep = load(settings, name)
+    try:
+        dep = load(settings, name)
+    except UnreadableRecordError:
+        return None
     return dep if dep is not None and dep.supervisor_pid == os.getpid() else None
 
 
@@ -174,18 +153,16 @@ def _after_failure(dep: Deployment, settings: Settings, policy: RestartPolicy, f
         reason, decision = str(err), Decision(False, reason="the old processes could not be cleared")
     if not decision.relaunch:
         final = State.STOPPED if failure.clean and policy.mode != "always" else State.FAILED
-        dep.state, dep.reason = final, f"{decision.reason}; last failure: {reason}"
-        dep.pid = dep.pgid = dep.supervisor_pid = dep.supervisor_started = None
-        save(settings, dep)
+        dep = update(settings, dep.name, state=final, reason=f"{decision.reason}; last failure: {reason}", pid=None,
+                     pgid=None, leader_started=None, members=[], supervisor_pid=None, supervisor_started=None)
         say(f"{dep.name}: {dep.reason}")
         return final
-    dep.reason = f"{reason}; relaunch {len(failures)} in {decision.delay:.0f} s"
-    save(settings, dep)
+    update(settings, dep.name, reason=f"{reason}; relaunch {len(failures)} in {decision.delay:.0f} s")
     time.sleep(decision.delay)
     mine = _mine(settings, dep.name)
     if mine is None:
         return State.STOPPED
-    dep = _relaunch(mine, settings)
+    dep = relaunch(mine, settings, api_key=settings.api_key())
     say(f"relaunched {dep.name} (pid {dep.pid}, restart {dep.restarts})")
     return dep
 
@@ -230,14 +207,17 @@ def run_foreground(name: str, settings: Settings) -> State:
     except (SystemExit, KeyboardInterrupt):
         return State.STOPPED
     finally:
-        dep = load(settings, name)
+        dep = _mine(settings, name)
         if dep is not None:
-            end_processes(processes_of(dep), grace=10.0)
-            if dep.supervisor_pid == os.getpid():
-                dep.supervisor_pid = dep.supervisor_started = None
-                dep.state = State.STOPPED if dep.state != State.FAILED else dep.state
-                dep.pid = dep.pgid = None
-                save(settings, dep)
+            end(dep, grace=10.0)
+
+            def stopped(d: Deployment) -> None:
+                if d.supervisor_pid == os.getpid():
+                    d.state = State.STOPPED if d.state != State.FAILED else d.state
+                    d.supervisor_pid = d.supervisor_started = d.pid = d.pgid = d.leader_started = None
+                    d.members = []
+
+            update(settings, name, stopped)
 
 
 def follow(dep: Deployment, settings: Settings, *, timeout: float = 900.0,
@@ -246,24 +226,22 @@ def follow(dep: Deployment, settings: Settings, *, timeout: float = 900.0,
     ``launch.wait``. ``DeploymentFailedError`` once the supervisor gave up."""
     if not supervisor_alive(dep):
         return wait(dep, settings, timeout=timeout, on_progress=on_progress)
-    t0 = time.time()
-    while True:
-        current = load(settings, dep.name) or dep
+    seen = [dep]
+
+    def read() -> State:
+        current = seen[0] = load(settings, dep.name) or seen[0]
         state = live_state(current)
-        if on_progress:
-            on_progress(Progress(state, time.time() - (current.started_at or t0)))
-        if state == State.READY:
-            current.state = State.READY  # the supervisor records it at its next look; the caller sees it now
-            return current
-        if not state.running:
+        if not state.running and state != State.READY:
             reasons = "\n".join(f"  - {f['reason']}" for f in current.failures)
             raise DeploymentFailedError(f"deployment {current.name} is {state}: {current.reason}",
                                         f"read {current.log_file}; failures:\n{reasons}", name=current.name,
                                         state=str(state), log_tail=log_tail(current.log_file, 15))
-        if time.time() - t0 > timeout:
-            raise NotReadyError(f"{current.name} not ready after {timeout:.0f} s (now {state})",
-                                f"wait longer (--timeout), or read the log: {current.log_file}", phase=state)
-        time.sleep(0.5)
+        return state
+
+    wait_for(read, timeout=timeout, started=dep.started_at, on_progress=on_progress, what=dep.name,
+             hint=f"wait longer (--timeout), or read the log: {dep.log_file}")
+    seen[0].state = State.READY  # the supervisor records it at its next look; the caller sees it now
+    return seen[0]
 
 
 def main() -> int:

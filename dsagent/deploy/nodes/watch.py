@@ -1,7 +1,7 @@
 """The watchers of a multi-node deployment: one beside each node's engine, in its own session,
 carrying the deployment's mark (so ``dsagent stop`` ends it too).
 
-On a joined node (``python -m dsagent.deploy.watch NAME``), every second:
+On a joined node (``python -m dsagent.deploy.nodes.watch NAME``), every second:
 
 - is this node's engine alive? If not, it tells the head (the roll call, with the log's
   reason and tail), ends whatever is left of the engine and records ``failed``;
@@ -22,13 +22,18 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from ..settings import Settings
-from ..system.ports import reachable
-from ..system.procs import MARK, end_processes, engine_env, leader_alive, mark_for, processes_of, spawn
-from .ready import failure_reason, log_tail, parse_capacity
-from .records import Deployment, load, save
-from .rollcall import NodeReport, RollCall, send_report
-from .state import State
+from ...errors import UnreadableRecordError
+from ...settings import Settings
+from ...system.ports import reachable
+from ...system.procs import engine_env, spawn
+from ..record.identity import MARK, end, leader_alive, mark_for, started_at
+from ..record.logs import failure_reason, log_tail, parse_capacity
+from ..record.names import files
+from ..record.phase import healthy
+from ..record.state import State
+from ..record.store import Deployment, load, update
+from ..record.reports import NodeReport
+from .rollcall import RollCall, send_report
 
 __all__ = ["BEAT", "GRACE", "head_alive", "start_watcher", "watch", "watch_head"]
 
@@ -41,24 +46,16 @@ BEAT = 5.0
 def start_watcher(dep: Deployment, settings: Settings, *, head: bool = False) -> Deployment:
     """Start the watcher of ``dep`` on this node (the head's with ``head``); record its pid."""
     env = engine_env(os.environ, DSAGENT_HOME=str(settings.home), **{MARK: mark_for(settings.home, dep.name)})
-    proc = spawn([sys.executable, "-m", "dsagent.deploy.watch", dep.name] + (["--head"] if head else []), env,
-                 settings.logs_dir / f"{dep.name}.watch.log")
-    current = load(settings, dep.name) or dep
-    current.watcher_pid = dep.watcher_pid = proc.pid
-    save(settings, current)
-    return dep
+    proc = spawn([sys.executable, "-m", "dsagent.deploy.nodes.watch", dep.name] + (["--head"] if head else []), env,
+                 files(settings, dep.name).watch_log)
+    return update(settings, dep.name, watcher_pid=proc.pid, watcher_started=started_at(proc.pid))
 
 
 def head_alive(dep: Deployment, seen_health: bool) -> tuple[bool, bool]:
     """``(alive, health answered)``: ``/health`` of the head's API server; before it has ever
     answered (the head still starts), the master port."""
-    import httpx
-
-    try:
-        if httpx.get(f"{dep.head_url}/health", timeout=2.0).status_code == 200:
-            return True, True
-    except httpx.HTTPError:
-        pass
+    if healthy(dep.head_url):
+        return True, True
     if seen_health:
         return False, True
     host, _, port = dep.master.rpartition(":")
@@ -66,18 +63,19 @@ def head_alive(dep: Deployment, seen_health: bool) -> tuple[bool, bool]:
 
 
 def _end(dep: Deployment, settings: Settings, state: State, reason: str) -> None:
-    mine = os.getpid()
-    end_processes([p for p in processes_of(dep) if p.pid != mine], grace=8.0)
-    dep = load(settings, dep.name) or dep
-    dep.state, dep.reason, dep.pid, dep.pgid, dep.watcher_pid = state, reason, None, None, None
-    save(settings, dep)
+    end(dep, grace=8.0, spare=[os.getpid()])
+    update(settings, dep.name, state=state, reason=reason, pid=None, pgid=None, leader_started=None, members=[],
+           watcher_pid=None, watcher_started=None)
     print(f"dsagent watch: {dep.name}: {reason}", file=sys.stderr, flush=True)
 
 
 def _mine(settings: Settings, name: str, started: float) -> Deployment | None:
     """This watcher's deployment, or ``None`` once someone else owns it (stopped, relaunched)."""
     while True:
-        dep = load(settings, name)
+        try:
+            dep = load(settings, name)
+        except UnreadableRecordError:
+            return None
         if dep is not None and dep.watcher_pid is None and time.monotonic() - started < 10:
             time.sleep(0.1)  # the launcher records this watcher's pid right after starting it
             continue

@@ -1,0 +1,133 @@
+"""argv: turn ``ServeOptions`` into vLLM's exact command line and environment (pure, no I/O).
+
+``plan_serve`` makes the ``ServePlan``: the engine interpreter's argv, the environment overrides
+(the deployment's mark, CPU thread binding, KV space), where it listens and logs. The API key is
+not here: it travels in ``VLLM_API_KEY``, added by the executor (``spawn.launch``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ...errors import ParallelismError
+from ...plan.budget import cpu_context
+from ...settings import Settings
+from ..record.identity import MARK, mark_for
+from ..record.names import files
+from .options import ServeOptions, ServePlan
+
+__all__ = ["plan_serve", "thread_binding"]
+
+
+def thread_binding(workers: int, cpus: Sequence[int]) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` giving each CPU worker its own contiguous share of cores.
+
+    >>> thread_binding(2, [0, 1])
+    '0|1'
+    >>> thread_binding(2, list(range(8)))
+    '0-3|4-7'
+    """
+    if workers > len(cpus):
+        raise ParallelismError(
+            f"{workers} CPU workers (tp x pp) need at least {workers} cores; {len(cpus)} are usable",
+            f"lower --tp/--pp to at most {len(cpus)} workers in all",
+        )
+    share = len(cpus) // workers
+    groups = [cpus[i * share : (i + 1) * share] for i in range(workers)]
+    return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
+
+
+def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int] | None,
+                 env: dict[str, str], notes: list[str]) -> ServeOptions:
+    """What dsagent decides for a CPU launch: float32, a 2048 context, eager unless PP, the KV space
+    and one share of cores per worker (written into ``env``)."""
+    dtype = o.dtype
+    if dtype == "auto":
+        dtype = "float32"
+        notes.append("dtype float32: bf16 on CPUs without AVX-512 BF16 gave garbled answers")
+    # torch.compile costs ~4 min on 2 cores; eager with PP>1 crashes vLLM-CPU's PP worker.
+    eager = o.pp == 1 if o.enforce_eager is None else o.enforce_eager
+    if o.kv_cache_gib:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
+    workers = o.world // o.nodes  # this node's share of the ranks
+    if workers > 1 or o.cpus:
+        usable = list(o.cpus or (cpus if cpus is not None else sorted(os.sched_getaffinity(0))))
+        env["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(workers, usable)
+    return replace(o, dtype=dtype, max_model_len=cpu_context(context_limit, o.max_model_len), enforce_eager=eager)
+
+
+def _cluster_flags(o: ServeOptions) -> list[str]:
+    """vLLM's multi-node multiprocessing and data-parallel flags (``--headless`` off the head)."""
+    argv: list[str] = []
+    if o.backend == "ray":  # Ray places every rank; no node runs anything but Ray's own daemons
+        argv += ["--distributed-executor-backend", "ray"]
+        return argv + (["--data-parallel-size", str(o.dp), "--data-parallel-backend", "ray"] if o.dp > 1 else [])
+    if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
+        argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
+    if o.nodes > 1:
+        argv += ["--nnodes", str(o.nodes), "--node-rank", str(o.node_rank), "--master-addr",
+                 str(o.master_addr or o.node_ip or "127.0.0.1"), "--master-port", str(o.master_port)]
+    if o.node_rank > 0:
+        argv.append("--headless")
+    return argv
+
+
+def _flags(o: ServeOptions, *, reasoning: bool, sampling: Mapping[str, float] | None) -> list[str]:
+    """vLLM's flags for the chosen options (CPU choices already made)."""
+    argv: list[str] = _cluster_flags(o)
+    if o.device != "cpu" and o.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", str(o.gpu_memory_utilization)]
+    if o.dtype != "auto":
+        argv += ["--dtype", o.dtype]
+    if o.max_model_len:
+        argv += ["--max-model-len", str(o.max_model_len)]
+    if o.tp > 1:
+        argv += ["--tensor-parallel-size", str(o.tp)]
+    if o.pp > 1:
+        argv += ["--pipeline-parallel-size", str(o.pp)]
+    if o.enforce_eager:
+        argv.append("--enforce-eager")
+    if o.tokenizer:
+        argv += ["--tokenizer", o.tokenizer]
+    if o.dummy_weights:
+        argv += ["--load-format", "dummy"]
+    if reasoning:
+        argv += ["--reasoning-parser", "deepseek_r1"]
+    if sampling:
+        argv += ["--override-generation-config", json.dumps(dict(sampling), sort_keys=True)]
+    return argv + list(o.extra_args)
+
+
+def plan_serve(
+    name: str,
+    model_path: Path,
+    settings: Settings,
+    options: ServeOptions,
+    *,
+    reasoning: bool = False,
+    context_limit: int | None = None,
+    cpus: Sequence[int] | None = None,
+    sampling: Mapping[str, float] | None = None,
+) -> ServePlan:
+    """Build the launch for ``model_path`` served as ``name`` (no I/O).
+
+    ``sampling``: the model's server-side defaults for requests that leave them unset.
+    """
+    env = {MARK: mark_for(settings.home, name), "PYTHONUNBUFFERED": "1"}
+    if options.node_ip:
+        env["VLLM_HOST_IP"] = options.node_ip
+    if options.backend == "ray" and settings.ray_address:
+        env["RAY_ADDRESS"] = settings.ray_address
+    notes: list[str] = []
+    o = _cpu_choices(options, context_limit, cpus, env, notes) if options.device == "cpu" else options
+    # vLLM's CLI entry for several nodes or replicas (the API-server module ignores --headless)
+    entry = ["-m", "dsagent.deploy.vllm_cli", "serve", str(model_path)] if o.multi else \
+        ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
+    argv = [settings.engine_python, *entry, "--served-model-name", name, "--host", o.host, "--port", str(o.port),
+            *_flags(o, reasoning=reasoning, sampling=sampling)]
+    return ServePlan(name=name, model_path=model_path, argv=tuple(argv), env=env, host=o.host, port=o.port,
+                     log_file=files(settings, name).log, options=o, reasoning=reasoning, notes=tuple(notes))
