@@ -18,6 +18,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from ..clients import recipes
 from ..deploy.launch.options import ServeOptions
+from ..deploy.record.names import check_name
 from ..deploy.record.store import Deployment, list_all
 from ..deploy.record.state import State
 from ..deploy.status import find, report
@@ -34,12 +35,14 @@ log = logging.getLogger("dsagent.mcp")
 
 
 def _deployment_name(model: str | None) -> str | None:
+    """The deployment ``--model`` names: the catalog's (or folder's) name, else the name as given,
+    checked (``InvalidOptionError`` before the server starts)."""
     if not model:
         return None
     try:
         return resolve(model).name
     except DsagentError:
-        return model
+        return check_name(model)
 
 
 class Backend:

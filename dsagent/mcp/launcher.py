@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import anyio
 
 from ..deploy.launch.options import ServeOptions
-from ..deploy.launch.spawn import wait
 from ..deploy.record.store import Deployment
-from ..deploy.record.state import State
-from ..deploy.record.phase import live_state
 from ..deploy.stop import stop
+from ..deploy.supervise.supervisor import follow
 from ..deploy.up import up
 from ..errors import DsagentError
 from ..settings import Settings
@@ -52,14 +51,9 @@ class Launcher:
         """Launch, then follow the start until it settles; a failure is kept for the tools to report."""
         try:
             dep = await anyio.to_thread.run_sync(self._launch)
-            deadline = time.time() + self.start_timeout
-            while not (state := await anyio.to_thread.run_sync(live_state, dep)).settled:
-                if time.time() > deadline:
-                    break
-                await anyio.sleep(1.0)
-            # wait() records the outcome: ready with its measured start time, or failed with the log tail
-            timeout = 5.0 if state == State.READY else 0.0
-            await anyio.to_thread.run_sync(lambda: wait(dep, self.settings, timeout=timeout))
+            # follow() records the outcome: ready with its measured start time, or failed with the log tail
+            dep = await anyio.to_thread.run_sync(partial(follow, dep, self.settings, timeout=self.start_timeout),
+                                                 abandon_on_cancel=True)
             say(f"dsagent: {dep.name} is ready at {dep.base_url}")
         except Exception as exc:  # reported to every tool call that needs the model
             self.error = exc
