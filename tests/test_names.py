@@ -65,7 +65,7 @@ def test_the_library_refuses_a_bad_name(tmp_settings, name):
 
 
 def test_stop_never_loads_a_json_file_outside_the_home(tmp_path, cli):
-    """A JSON file beside the home that names a live process: ``stop ../outside`` must not read it."""
+    """A JSON file beside the home that names a live process: ``stop ../../outside`` must not read it."""
     victim = subprocess.Popen(["setsid", "sleep", "600"])
     try:
         home = tmp_path / "home"
@@ -75,7 +75,7 @@ def test_stop_never_loads_a_json_file_outside_the_home(tmp_path, cli):
             "name": "outside", "model": "m", "model_path": "/m", "host": "127.0.0.1", "port": 1, "api_key_file": "/k",
             "log_file": "/dev/null", "argv": [], "pid": victim.pid, "pgid": victim.pid, "state": "ready",
             "started_at": started, "leader_started": started}))
-        out = cli("stop", "../outside", env={"DSAGENT_HOME": str(home)})
+        out = cli("stop", "../../outside", env={"DSAGENT_HOME": str(home)})  # <home>/deployments/../../outside.json
         assert out.returncode == 2 and "is not allowed" in out.stderr
         time.sleep(0.3)
         assert victim.poll() is None

@@ -113,6 +113,39 @@ def test_every_module_imports_only_from_its_layer_and_below():
     assert checked > 100
 
 
+ROOMS = ["record", "launch", "supervise|nodes", "up|status|stop"]
+"""``dsagent/deploy``'s rooms, lowest first: a room imports only from rooms before it (or itself)."""
+
+
+def _room(parts: tuple[str, ...]) -> int:
+    return next(i for i, names in enumerate(ROOMS) if parts[0].removesuffix(".py") in names.split("|"))
+
+
+def test_deploy_rooms_import_downward_and_stay_small():
+    deploy = PACKAGE / "deploy"
+    checked = 0
+    for path in deploy.rglob("*.py"):
+        if path == deploy / "__init__.py":
+            continue
+        own = path.relative_to(deploy).parts
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = list(own[:-1])[: len(own) - 1 - (node.level - 1)] if node.level <= len(own) else None
+            if base is None:
+                continue  # above deploy/: the lower layers, checked by the test above
+            target = base + (node.module.split(".") if node.module else [])
+            if not target:
+                continue
+            assert _room(tuple(target)) <= _room(own), f"deploy/{'/'.join(own)} imports deploy.{'.'.join(target)}"
+            checked += 1
+    assert checked > 40
+    for room in deploy.iterdir():
+        if room.is_dir() and room.name != "__pycache__":
+            modules = [m for m in room.glob("*.py") if m.name != "__init__.py"]
+            assert len(modules) <= 8, f"deploy/{room.name} holds {len(modules)} modules"
+
+
 def test_modules_and_functions_stay_readable():
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()

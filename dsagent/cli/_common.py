@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from ..deploy.launch.options import ServeOptions
-from ..deploy.supervise.policy import MODES, RestartPolicy
-from ..deploy.record.store import Deployment
 from ..deploy.record.state import PHASES, State
+from ..deploy.record.store import Deployment
+from ..deploy.supervise.policy import MODES, RestartPolicy
 from ..settings import Settings
 from ..system.gpus import detect_device
 

@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from ..deploy.nodes.join import JoinSpec, join
 from ..deploy.launch.options import ServeOptions
+from ..deploy.nodes.join import JoinSpec, join
 from ..system.gpus import detect_device
 from ._common import Progress, cpu_list, settings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..deploy.record.store import list_all
-from ..deploy.record.state import State
 from ..deploy.record.phase import live_state
+from ..deploy.record.state import State
+from ..deploy.record.store import list_all
 from ..deploy.stop import stop, stop_orphans
 from ..errors import AmbiguousDeploymentError
 from ._common import settings

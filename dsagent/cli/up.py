@@ -13,8 +13,16 @@ from typing import Any
 from ..deploy.record.state import State
 from ..deploy.supervise.supervisor import run_foreground
 from ..deploy.up import up
-from ._common import (Progress, add_cluster_flags, add_restart_flags, add_serve_flags, print_deployment,
-                      restart_policy, serve_options, settings)
+from ._common import (
+    Progress,
+    add_cluster_flags,
+    add_restart_flags,
+    add_serve_flags,
+    print_deployment,
+    restart_policy,
+    serve_options,
+    settings,
+)
 
 __all__ = ["add_command", "run"]
 

@@ -19,10 +19,10 @@ import httpx
 import openai
 from pydantic import BaseModel
 
-from ..deploy.record.store import load
-from ..deploy.record.state import State
-from ..deploy.record.phase import live_state
 from ..deploy.record.identity import supervisor_alive
+from ..deploy.record.phase import live_state
+from ..deploy.record.state import State
+from ..deploy.record.store import load
 from ..deploy.supervise.supervisor import follow
 from ..errors import DsagentError
 from ..settings import Settings

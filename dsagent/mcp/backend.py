@@ -19,8 +19,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from ..clients import recipes
 from ..deploy.launch.options import ServeOptions
 from ..deploy.record.names import check_name
-from ..deploy.record.store import Deployment, list_all
 from ..deploy.record.state import State
+from ..deploy.record.store import Deployment, list_all
 from ..deploy.status import find, report
 from ..deploy.up import attach
 from ..errors import DsagentError, NoDeploymentError

@@ -11,20 +11,21 @@ server) and a watcher (``dsagent.deploy.nodes.watch``) that stops it when the he
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ...errors import InvalidOptionError, JoinError
+from ...errors import InvalidOptionError, JoinError, NotReadyError
 from ...plan.budget import check_nodes
 from ...plan.catalog import ModelSpec, resolve
 from ...settings import Settings
 from ...system.ports import is_local_address, reachable, route_address
 from ...weights.fetch import FetchResult, fetch
+from ..launch.argv import plan_serve
 from ..launch.options import ServeOptions
 from ..launch.spawn import check_compiler, engine_version, launch, pin_interface, record_of
-from ..launch.argv import plan_serve
 from ..record.names import check_name
+from ..record.phase import wait_for
+from ..record.state import State
 from ..record.store import Deployment
 from .watch import start_watcher
 
@@ -81,14 +82,14 @@ def join_command(dep: Deployment, spec: JoinSpec) -> str:
 
 
 def _wait_for_master(host: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not reachable(host, port):
-        if time.monotonic() > deadline:
-            raise JoinError(f"the head's master port {host}:{port} does not answer (waited {timeout:.0f} s)",
-                            "start the head first (dsagent up ... --nodes N) and check that this node can reach "
-                            f"{host}:{port} (firewall, the address the head printed)", head=f"{host}:{port}",
-                            check="master")
-        time.sleep(1.0)
+    try:
+        wait_for(lambda: State.READY if reachable(host, port) else State.STARTING, timeout=timeout, interval=1.0,
+                 what=f"the head's master port {host}:{port}")
+    except NotReadyError:
+        raise JoinError(f"the head's master port {host}:{port} does not answer (waited {timeout:.0f} s)",
+                        "start the head first (dsagent up ... --nodes N) and check that this node can reach "
+                        f"{host}:{port} (firewall, the address the head printed)", head=f"{host}:{port}",
+                        check="master") from None
 
 
 def _node_ip(spec: JoinSpec, host: str, port: int) -> str:

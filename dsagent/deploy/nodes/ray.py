@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ...errors import InstallError, InvalidOptionError, JoinError

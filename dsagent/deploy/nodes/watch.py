@@ -30,9 +30,9 @@ from ..record.identity import MARK, end, leader_alive, mark_for, started_at
 from ..record.logs import failure_reason, log_tail, parse_capacity
 from ..record.names import files
 from ..record.phase import healthy
+from ..record.reports import NodeReport
 from ..record.state import State
 from ..record.store import Deployment, load, update
-from ..record.reports import NodeReport
 from .rollcall import RollCall, send_report
 
 __all__ = ["BEAT", "GRACE", "head_alive", "start_watcher", "watch", "watch_head"]

@@ -30,8 +30,8 @@ from ...system import gpus
 from ...system.procs import engine_env, spawn
 from ..launch.spawn import ready_fields, relaunch, wait
 from ..record.identity import end, leader_alive, started_at, supervisor_alive
-from ..record.names import files
 from ..record.logs import failure_reason, log_tail
+from ..record.names import files
 from ..record.phase import Progress, healthy, live_state, metrics, wait_for
 from ..record.state import State
 from ..record.store import Deployment, load, update
