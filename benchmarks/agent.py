@@ -31,17 +31,9 @@ TASKS = [
 def _tools():
     from langchain_core.tools import tool
 
-    @tool
-    def add(a: int, b: int) -> int:
-        """Add two integers and return the sum."""
-        return a + b
+    from dsagent.clients import demo_tools
 
-    @tool
-    def multiply(a: int, b: int) -> int:
-        """Multiply two integers and return the product."""
-        return a * b
-
-    return [add, multiply]
+    return [tool(demo_tools.add), tool(demo_tools.multiply)]
 
 
 def _run(task: str, want: str) -> tuple[bool, int, float]:

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .cli._common import Progress, print_deployment
+from .cli._common import ProgressLine, print_deployment
 from .deploy.launch.options import ServeOptions
 from .deploy.up import up
 from .errors import DsagentError, PortInUseError
@@ -19,7 +19,7 @@ from .system.gpus import detect_device
 
 
 def main() -> int:
-    progress = Progress()
+    progress = ProgressLine()
     opts = ServeOptions(port=8000, device=detect_device())
     try:
         try:

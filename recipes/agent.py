@@ -15,18 +15,10 @@ from langchain.agents import create_agent
 from langchain_core.tools import tool
 
 import dsagent
+from dsagent.clients import demo_tools
 
 
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers and return the sum."""
-    return a + b
-
-
-@tool
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers and return the product."""
-    return a * b
+add, multiply = tool(demo_tools.add), tool(demo_tools.multiply)
 
 
 def show(result: dict) -> None:

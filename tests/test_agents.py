@@ -18,21 +18,13 @@ import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 
+from dsagent.clients import demo_tools
 from dsagent.clients.chat import local_deepseek
 
 pytestmark = pytest.mark.timeout(900)  # the first test here may start the session server (minutes when loaded)
 
 
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers and return the sum."""
-    return a + b
-
-
-@tool
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers and return the product."""
-    return a * b
+add, multiply = tool(demo_tools.add), tool(demo_tools.multiply)
 
 
 TASK = "Add 3 and 4, then multiply the result by 4. What is the final number?"

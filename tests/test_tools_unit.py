@@ -11,21 +11,13 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.tools import tool
 
 from dsagent import LocalChatDeepSeek, LocalChatOpenAI
+from dsagent.clients import demo_tools
 from dsagent.clients.tools import ANSWER, ToolStream, convert_result, without_repeats
 
 PARAMS = {"model": "m", "api_key": "k", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0}
 
 
-@tool
-def add(a: int, b: int) -> int:
-    """Add two integers."""
-    return a + b
-
-
-@tool
-def multiply(a: int, b: int) -> int:
-    """Multiply two integers."""
-    return a * b
+add, multiply = tool(demo_tools.add), tool(demo_tools.multiply)
 
 
 def _payload(cls, messages, **bound):
@@ -43,7 +35,8 @@ def test_bound_tools_become_a_schema_and_a_hint_not_vllm_tools(cls, choice, name
     schema = payload["extra_body"]["structured_outputs"]["json"]
     assert [b["properties"]["name"]["const"] for b in schema["anyOf"]] == names
     assert schema["anyOf"][0]["properties"]["arguments"]["required"] == ["a", "b"]
-    assert payload["messages"][0]["role"] == "system" and "- add: Add two integers." in payload["messages"][0]["content"]
+    assert payload["messages"][0]["role"] == "system"
+    assert "- add: Add two integers and return the sum." in payload["messages"][0]["content"]
 
 
 def test_tool_choice_none_sends_no_constraint():

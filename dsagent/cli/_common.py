@@ -14,7 +14,7 @@ from ..settings import Settings
 from ..system.gpus import detect_device
 
 __all__ = [
-    "Progress", "add_cluster_flags", "add_restart_flags", "add_serve_flags", "cpu_list", "port", "print_deployment",
+    "ProgressLine", "add_cluster_flags", "add_restart_flags", "add_serve_flags", "cpu_list", "port", "print_deployment",
     "restart_policy", "serve_options", "settings",
 ]
 
@@ -36,7 +36,7 @@ def port(text: str) -> int:
     return number
 
 
-class Progress:
+class ProgressLine:
     """One status line on a terminal (rewritten in place); phase changes only otherwise."""
 
     def __init__(self, stream: Any = sys.stderr) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from ..deploy.launch.options import ServeOptions
 from ..deploy.nodes.join import JoinSpec, join
 from ..system.gpus import detect_device
-from ._common import Progress, cpu_list, settings
+from ._common import ProgressLine, cpu_list, settings
 
 __all__ = ["add_command", "run"]
 
@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
                     kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
                     token=args.token or "", tokenizer=args.tokenizer)
     options = ServeOptions(device=args.device or detect_device(), cpus=args.cpus)
-    dep = join(spec, options=options, settings=settings(), master_timeout=args.timeout, on_step=Progress().step)
+    dep = join(spec, options=options, settings=settings(), master_timeout=args.timeout, on_step=ProgressLine().step)
     if args.json:
         print(json.dumps(dep.to_json(), indent=2))
     else:

@@ -13,22 +13,14 @@ from typing import Any
 from ..deploy.record.state import State
 from ..deploy.supervise.supervisor import run_foreground
 from ..deploy.up import up
-from ._common import (
-    Progress,
-    add_cluster_flags,
-    add_restart_flags,
-    add_serve_flags,
-    print_deployment,
-    restart_policy,
-    serve_options,
-    settings,
-)
+from ._common import (ProgressLine, add_cluster_flags, add_restart_flags, add_serve_flags, print_deployment,
+                      restart_policy, serve_options, settings)
 
 __all__ = ["add_command", "run"]
 
 
 def run(args: argparse.Namespace) -> int:
-    progress, home, policy = Progress(), settings(), restart_policy(args)
+    progress, home, policy = ProgressLine(), settings(), restart_policy(args)
     dep = up(args.model, options=serve_options(args), name=args.name, settings=home,
              wait_ready=not args.no_wait and not args.foreground, timeout=args.timeout, on_step=progress.step,
              on_progress=progress, peers=args.peers, restart=policy, foreground=args.foreground)

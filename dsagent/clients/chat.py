@@ -4,7 +4,7 @@ Base URL, key and served model name come from the deployment record, so callers 
 them. ``LocalChatDeepSeek`` and ``LocalChatOpenAI`` subclass ``ChatDeepSeek`` / ``ChatOpenAI``
 and change only what a local vLLM needs: reasoning in one place whatever the server sent, R1's
 system-prompt rule, streaming timeouts, tool calls for models without a vLLM tool parser
-(``tools.py``), a thinking budget (``budget.py``) and one async client per event loop. The model
+(``tools.py``), a thinking budget (``thinking.py``) and one async client per event loop. The model
 is returned bare (not ``with_retry``), so ``bind_tools`` and ``with_structured_output`` work.
 
 One layer per concern, no stacking:
@@ -45,7 +45,7 @@ from ..deploy.up import attach, up
 from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve
 from ..settings import Settings
-from . import budget as _budget
+from . import thinking as _thinking
 from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
 from .ride import RestartRiding
 from .tools import ToolStream, apply_tools, constrained, convert_result, without_repeats
@@ -102,7 +102,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
     think_open: bool = False  # the template opens <think> itself and no parser splits it
     thinking_budget: int | None = None
     """Reasoning tokens allowed before ``</think>`` is forced (``None``: no limit); per call too:
-    ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/budget.py)."""
+    ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/thinking.py)."""
     native_tools: bool = False
     """The server parses tool calls itself (launched with ``--tool-call-parser``): ``tools`` go to
     vLLM as they are; otherwise through structured outputs (dsagent/clients/tools.py)."""
@@ -206,7 +206,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
                   **kwargs: Any) -> ChatResult:
         limit = kwargs.pop("thinking_budget", self.thinking_budget)
         if limit is not None:
-            result = _budget.generate(self, messages, stop, int(limit), kwargs)
+            result = _thinking.generate(self, messages, stop, int(limit), kwargs)
         else:
             result = super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
         result, again = self._as_tool_reply(messages, result, kwargs)
@@ -219,7 +219,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
         self._bind_loop()
         limit = kwargs.pop("thinking_budget", self.thinking_budget)
         if limit is not None:
-            result = await _budget.agenerate(self, messages, stop, int(limit), kwargs)
+            result = await _thinking.agenerate(self, messages, stop, int(limit), kwargs)
         else:
             result = await super()._agenerate(messages, stop=stop, run_manager=run_manager, **kwargs)
         result, again = self._as_tool_reply(messages, result, kwargs)
@@ -231,7 +231,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
                 **kwargs: Any) -> Iterator[Any]:
         limit = kwargs.pop("thinking_budget", self.thinking_budget)
         if limit is not None:
-            source = _budget.stream(self, messages, stop, int(limit), kwargs, run_manager)
+            source = _thinking.stream(self, messages, stop, int(limit), kwargs, run_manager)
         else:
             source = self._stream_chat(messages, stop, run_manager, **kwargs)
         tools = ToolStream() if constrained(kwargs) and not self.native_tools else None
@@ -245,7 +245,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
         self._bind_loop()
         limit = kwargs.pop("thinking_budget", self.thinking_budget)
         if limit is not None:
-            source = _budget.astream(self, messages, stop, int(limit), kwargs, run_manager)
+            source = _thinking.astream(self, messages, stop, int(limit), kwargs, run_manager)
         else:
             source = self._astream_chat(messages, stop, run_manager, **kwargs)
         tools = ToolStream() if constrained(kwargs) and not self.native_tools else None

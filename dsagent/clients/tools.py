@@ -41,7 +41,6 @@ __all__ = ["StreamDecoder", "ToolStream", "answer_schema", "apply_tools", "chose
 
 _CALL_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
 ANSWER = "reply"  # of final_answer / respond / reply, the one SmolLM2-135M does not pick over a fitting tool
-FOLD = False
 _ANSWER_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"' + ANSWER + r'"\s*,\s*"arguments"\s*:\s*\{\s*"answer"\s*:\s*"')
 
 
@@ -99,13 +98,6 @@ def _signature(f: Mapping[str, Any]) -> str:
     return f'- {f["name"]}: {f.get("description", "").strip()} Arguments: {{{args}}}'
 
 
-def _example(f: Mapping[str, Any]) -> str:
-    """The shape of a call of ``f``, with typed placeholders (values would be copied)."""
-    props = _params(f)["properties"]
-    args = ",".join(f'"{k}":<{v.get("type", "value")}>' for k, v in props.items())
-    return f'{{"name":"{f["name"]}","arguments":{{{args}}}}}'
-
-
 def _hint(tools: list[Mapping[str, Any]], choice: str) -> str:
     functions = [t.get("function", t) for t in tools]
     lines = ["You have these tools:", *(_signature(f) for f in functions), "",
@@ -139,38 +131,24 @@ def _call_text(call: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Tool calls and results in a shape every chat template (and a small model) takes.
-
-    Finished exchanges: assistant calls as the JSON the model writes, results as user turns.
-    The open one (the calls and results after the last user turn) is folded into that user
-    turn as a list of results so far: small models copy their previous turn when it is there.
-    """
-    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    """Tool calls and results in a shape every chat template (and a small model) takes:
+    assistant calls as the JSON the model writes, results as user turns ``name(args) = result``."""
     shown: dict[str, str] = {}  # tool call id -> "name(args)"
     out: list[dict[str, Any]] = []
-    results: list[str] = []
-    for i, m in enumerate(messages):
-        role, open_turn = m.get("role"), FOLD and last_user >= 0 and i > last_user
+    for m in messages:
+        role = m.get("role")
         if role == "assistant" and m.get("tool_calls"):
             texts = []
             for call in m["tool_calls"]:
                 written, shown[call.get("id", "")] = _call_text(call)
                 texts.append(written)
             text = _text(m.get("content")).strip()
-            if not open_turn:
-                out.append({"role": "assistant", "content": "\n".join([text, *texts] if text else texts)})
+            out.append({"role": "assistant", "content": "\n".join([text, *texts] if text else texts)})
         elif role == "tool":
             line = f"{shown.get(m.get('tool_call_id', ''), 'the tool')} = {_text(m.get('content'))}"
-            if open_turn:
-                results.append(line)
-            else:
-                out.append({"role": "user", "content": line})
+            out.append({"role": "user", "content": line})
         else:
             out.append(m)
-    if results:
-        note = "\n".join(["", "", "Tool results so far (do not call these again):", *results])
-        i = max(i for i, m in enumerate(out) if m.get("role") == "user")
-        out[i] = {**out[i], "content": _text(out[i]["content"]) + note}
     return out
 
 
