@@ -166,7 +166,8 @@ def test_dp2_over_two_nodes_serves_from_both_and_stops_everywhere(model_dir, tmp
         with ThreadPoolExecutor(8) as pool:  # at once, so the head's balancer spreads them over the replicas
             answers = list(pool.map(lambda _: _paris(head), range(16)))
         assert all("Paris" in a for a in answers)
-        metrics = httpx.get(f"{head.root_url}/metrics", timeout=10).text
+        metrics = httpx.get(f"{head.root_url}/metrics", timeout=10,
+                            headers={"Authorization": f"Bearer {settings.api_key()}"}).text
         served: dict[str, float] = {}  # finished requests per engine, over every finish reason
         for line in metrics.splitlines():
             if line.startswith("vllm:request_success_total{"):

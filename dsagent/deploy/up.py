@@ -20,7 +20,7 @@ from ..plan.catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
 from ..settings import Settings
 from ..system import gpus as machine
 from ..system.gpus import detect_device
-from ..system.ports import check_port, free_port, is_local_address, port_is_free
+from ..system.ports import check_port, free_port, is_local_address, is_loopback, port_is_free
 from ..system.procs import port_owner
 from ..weights.fetch import FetchResult, fetch
 from .launch.argv import plan_serve
@@ -156,6 +156,15 @@ def _port(opts: ServeOptions, name: str, settings: Settings) -> ServeOptions:
     return opts
 
 
+def _exposure(opts: ServeOptions, settings: Settings) -> str:
+    """What a bind beyond loopback makes reachable from other machines (said before the launch)."""
+    roll = (f"; the nodes' roll call listens at {report_address(f'{opts.node_ip}:{opts.master_port}')[0]}:"
+            f"{report_address(f'{opts.node_ip}:{opts.master_port}')[1]} (its own token)" if opts.nodes > 1 else "")
+    return (f"--host {opts.host}: the engine on port {opts.port} is reachable from other machines; every path but "
+            f"/health and /ping needs the key in {settings.api_key_file} (Authorization: Bearer){roll}; "
+            "`dsagent mcp` stays on 127.0.0.1 unless you give it --host")
+
+
 def _head(opts: ServeOptions) -> ServeOptions:
     """The head of a multi-node deployment: its own address, reachable by the others, is the master."""
     check_nodes(opts.tp, opts.pp, opts.dp, opts.nodes)
@@ -272,6 +281,8 @@ def up(
     opts, estimate = _preflight(spec, opts, version, step, settings)
     version()  # no vLLM: refused before the download
     opts = _port(opts, name, settings)
+    if not is_loopback(opts.host):
+        step(_exposure(opts, settings))
 
     step(f"fetch: {spec.name} ({spec.source})")
     fetched = fetch(spec, settings=settings, weights=not opts.dummy_weights)  # random weights: no weight download

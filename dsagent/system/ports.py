@@ -64,6 +64,22 @@ def check_port(host: str, port: int, served_name: str, api_key: str) -> str:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` binds this machine's loopback only.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("::1"), is_loopback("0.0.0.0")
+    (True, True, True, False)
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def is_local_address(ip: str) -> bool:
     """Whether ``ip`` belongs to this machine (a socket can be bound to it)."""
     try:

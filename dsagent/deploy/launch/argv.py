@@ -20,7 +20,10 @@ from ..record.identity import MARK, mark_for
 from ..record.names import files
 from .options import ServeOptions, ServePlan
 
-__all__ = ["plan_serve", "thread_binding"]
+__all__ = ["GUARD", "plan_serve", "thread_binding"]
+
+GUARD = "dsagent.deploy.launch.guard.KeyGuard"
+"""The middleware that makes every path of the API server need the key (``launch.guard``)."""
 
 
 def thread_binding(workers: int, cpus: Sequence[int]) -> str:
@@ -127,7 +130,8 @@ def plan_serve(
     # vLLM's CLI entry for several nodes or replicas (the API-server module ignores --headless)
     entry = ["-m", "dsagent.deploy.vllm_cli", "serve", str(model_path)] if o.multi else \
         ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
+    guard = ["--middleware", GUARD] if o.node_rank == 0 else []  # a headless node serves no HTTP
     argv = [settings.engine_python, *entry, "--served-model-name", name, "--host", o.host, "--port", str(o.port),
-            *_flags(o, reasoning=reasoning, sampling=sampling)]
+            *guard, *_flags(o, reasoning=reasoning, sampling=sampling)]
     return ServePlan(name=name, model_path=model_path, argv=tuple(argv), env=env, host=o.host, port=o.port,
                      log_file=files(settings, name).log, options=o, reasoning=reasoning, notes=tuple(notes))

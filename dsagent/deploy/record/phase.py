@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -22,7 +23,7 @@ from .logs import failure_reason, log_tail, start_state
 from .state import State
 from .store import Deployment
 
-__all__ = ["Progress", "healthy", "live_state", "metrics", "parse_metrics", "wait_for", "wait_started"]
+__all__ = ["Progress", "api_key", "healthy", "live_state", "metrics", "parse_metrics", "wait_for", "wait_started"]
 
 _METRIC = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})?\s+([0-9.eE+\-]+|NaN)\s*$", re.MULTILINE)
 
@@ -57,9 +58,20 @@ def healthy(root_url: str, client: httpx.Client | None = None, timeout: float = 
     return r is not None and r.status_code == 200
 
 
-def metrics(dep: Deployment, client: httpx.Client | None = None, timeout: float = 2.0) -> dict[str, float] | None:
-    """The deployment's ``/metrics`` gauges (``parse_metrics``), or ``None`` when it does not answer."""
-    r = _get(f"{dep.root_url}/metrics", client, timeout)
+def api_key(dep: Deployment) -> str:
+    """The deployment's key (from its key file), ``""`` when the file cannot be read."""
+    try:
+        return Path(dep.api_key_file).read_text().strip()
+    except OSError:
+        return ""
+
+
+def metrics(dep: Deployment, client: httpx.Client | None = None, timeout: float = 2.0,
+            key: str | None = None) -> dict[str, float] | None:
+    """The deployment's ``/metrics`` gauges (``parse_metrics``), or ``None`` when it does not answer.
+    Sends the key (``launch.guard`` keeps ``/metrics`` behind it)."""
+    key = api_key(dep) if key is None else key
+    r = _get(f"{dep.root_url}/metrics", client, timeout, {"Authorization": f"Bearer {key}"})
     return parse_metrics(r.text) if r is not None and r.status_code == 200 else None
 
 

@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 
@@ -32,7 +31,7 @@ from ..launch.spawn import ready_fields, relaunch, wait
 from ..record.identity import end, leader_alive, started_at, supervisor_alive
 from ..record.logs import failure_reason, log_tail
 from ..record.names import files
-from ..record.phase import Progress, healthy, live_state, metrics, wait_for
+from ..record.phase import Progress, api_key, healthy, live_state, metrics, wait_for
 from ..record.state import State
 from ..record.store import Deployment, load, update
 from .policy import Decision, Failure, Monitor, Observation, RestartPolicy, decide
@@ -94,14 +93,14 @@ def _observe(dep: Deployment, client: httpx.Client, monitor: Monitor, key: str) 
     if not leader_alive(dep):
         tail = log_tail(dep.log_file, 40)
         return Observation(alive=False, clean_exit=bool(_CLEAN.search(tail)) and "Traceback" not in tail)
-    m = metrics(dep, client, timeout=3.0) or {}
+    m = metrics(dep, client, timeout=3.0, key=key) or {}
     tokens = m.get("generation_tokens_total") if m else None
     obs = Observation(True, healthy(dep.root_url, client, timeout=3.0), running=m.get("num_requests_running", 0.0),
                       waiting=m.get("num_requests_waiting", 0.0), tokens=tokens)
     if not monitor.canary_due(obs, time.time()):
         return obs
     ok = _canary(client, dep, key, monitor.policy.canary_deadline)
-    after = (metrics(dep, client, timeout=3.0) or {}).get("generation_tokens_total")
+    after = (metrics(dep, client, timeout=3.0, key=key) or {}).get("generation_tokens_total")
     progressed = after is not None and tokens is not None and after > tokens
     return Observation(True, obs.healthy, running=obs.running, waiting=obs.waiting, tokens=after if ok else tokens,
                        canary_ok=ok, canary_progressed=progressed)
@@ -177,7 +176,7 @@ def supervise(name: str, settings: Settings, *, say: Say = _say) -> State:
     policy = RestartPolicy.from_dict(dep.restart)
     failures: list[float] = []
     monitor = Monitor(policy, dep.started_at or time.time())
-    key = Path(dep.api_key_file).read_text().strip()
+    key = api_key(dep)
     say(f"supervising {name} (pid {dep.pid}, --restart {policy.mode})")
     with httpx.Client() as client:
         while (dep := _mine(settings, name)) is not None:
