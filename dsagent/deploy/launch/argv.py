@@ -128,7 +128,7 @@ def plan_serve(
     notes: list[str] = []
     o = _cpu_choices(options, context_limit, cpus, env, notes) if options.device == "cpu" else options
     # vLLM's CLI entry for several nodes or replicas (the API-server module ignores --headless)
-    entry = ["-m", "dsagent.deploy.vllm_cli", "serve", str(model_path)] if o.multi else \
+    entry = ["-m", "dsagent.deploy.launch.vllm_cli", "serve", str(model_path)] if o.multi else \
         ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
     guard = ["--middleware", GUARD] if o.node_rank == 0 else []  # a headless node serves no HTTP
     argv = [settings.engine_python, *entry, "--served-model-name", name, "--host", o.host, "--port", str(o.port),

@@ -1,4 +1,4 @@
-"""``python -m dsagent.deploy.vllm_cli serve ...``: vLLM's own CLI entry, for every vLLM distribution.
+"""``python -m dsagent.deploy.launch.vllm_cli serve ...``: vLLM's own CLI entry, for every vLLM distribution.
 
 Multi-node launches need the CLI entry (``vllm.entrypoints.cli.main``): the plain API-server module
 ignores ``--headless``. That entry asks ``importlib.metadata.version("vllm")``, which the CPU build
