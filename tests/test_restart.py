@@ -128,6 +128,32 @@ def test_relaunch_waits_until_the_ended_processes_hold_no_gpu_memory():
     assert wait_gpu_free({1}, holders=lambda: None) < 1.0  # a CPU machine: nothing to wait for
 
 
+class FailingNvml(FakeNvml):
+    """NVML that is there but errs on its first ``fails`` process listings (a driver hiccup)."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__({}, polls=0)
+        self.fails = fails
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        self.reads += 1
+        if self.reads <= self.fails:
+            raise RuntimeError("NVML_ERROR_UNKNOWN")
+        return []
+
+
+def test_an_nvml_error_is_unknown_never_free():
+    """The old reading took an NVML error for "nothing held" and relaunched at once."""
+    said: list[str] = []
+    flaky = FailingNvml(fails=3)
+    took = wait_gpu_free({101}, interval=0.01, holders=lambda: memory_holders(lambda: flaky), on_unknown=said.append)
+    assert flaky.reads == 4 and took >= 0.01 + 0.02 + 0.04  # backed off while unknown, then free
+    assert len(said) == 1 and "NVML could not list" in said[0] and "NVML_ERROR_UNKNOWN" in said[0]
+    broken = FailingNvml(fails=10**6)
+    with pytest.raises(StopError, match=r"is unknown after 0 s \(NVML could not list"):
+        wait_gpu_free({101}, timeout=0.05, interval=0.01, holders=lambda: memory_holders(lambda: broken))
+
+
 def _record(tmp_settings, **kw) -> Deployment:
     dep = Deployment(name="sup", model="m", model_path="/m", host="127.0.0.1", port=1, api_key_file="/k",
                      log_file=str(tmp_settings.logs_dir / "sup.log"), argv=[], **{"state": State.READY, **kw})

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..settings import Settings
 
-__all__ = ["Gpu", "detect_device", "memory_holders", "ram_available", "visible_gpus"]
+__all__ = ["Gpu", "GpuUnknown", "detect_device", "memory_holders", "ram_available", "visible_gpus"]
 
 GIB = 1024**3
 
@@ -87,16 +87,29 @@ def visible_gpus(loader: Callable[[], Any] | None = None, *, settings: Settings 
     return tuple(Gpu(i, g.name, g.total_gib, g.free_gib, g.uuid) for i, g in enumerate(chosen))
 
 
-def memory_holders(loader: Callable[[], Any] | None = None) -> dict[int, float] | None:
-    """GiB of GPU memory each process holds, over every GPU (compute and graphics contexts);
-    ``None`` when NVML cannot be read (no driver, no library, no GPU): then nothing can be held.
+class GpuUnknown(Exception):
+    """NVML is there but did not answer: which process holds GPU memory is unknown (never "free")."""
 
+
+_ABSENT = ("LibraryNotFound", "DriverNotLoaded", "NoPermission")
+
+
+def memory_holders(loader: Callable[[], Any] | None = None) -> dict[int, float] | None:
+    """GiB of GPU memory each process holds, over every GPU (compute and graphics contexts).
+
+    ``None`` when this machine has no NVML to ask (no library, no driver): then nothing can be
+    held. ``GpuUnknown`` when NVML is there but fails: the caller must not take that for free.
     ``loader`` returns the ``pynvml`` module (tests pass a fake)."""
     try:
         nvml = loader() if loader else __import__("pynvml")
-        nvml.nvmlInit()
-    except Exception:
+    except ImportError:
         return None
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:
+        if any(word in type(exc).__name__ for word in _ABSENT) or not Path("/dev/nvidia0").exists():
+            return None
+        raise GpuUnknown(f"NVML init failed: {type(exc).__name__}: {exc}") from None
     held: dict[int, float] = {}
     try:
         for i in range(nvml.nvmlDeviceGetCount()):
@@ -106,8 +119,8 @@ def memory_holders(loader: Callable[[], Any] | None = None) -> dict[int, float] 
                     used = getattr(p, "usedGpuMemory", None) or 0
                     held[p.pid] = held.get(p.pid, 0.0) + used / GIB
         return held
-    except Exception:
-        return None
+    except Exception as exc:
+        raise GpuUnknown(f"NVML could not list the GPUs' processes: {type(exc).__name__}: {exc}") from None
     finally:
         nvml.nvmlShutdown()
 

@@ -62,21 +62,35 @@ def adopt(dep: Deployment, settings: Settings) -> Deployment:
 
 
 def wait_gpu_free(pids: set[int], *, timeout: float = GPU_FREE_TIMEOUT, interval: float = 0.5,
-                  holders: Callable[[], dict[int, float] | None] = gpus.memory_holders) -> float:
+                  holders: Callable[[], dict[int, float] | None] = gpus.memory_holders,
+                  on_unknown: Callable[[str], None] = lambda _why: None) -> float:
     """Block until none of ``pids`` holds GPU memory; the seconds it took. Without NVML (a CPU
-    machine) there is nothing to wait for. ``StopError`` after ``timeout``: never double-book."""
-    t0 = time.monotonic()
+    machine) there is nothing to wait for. When NVML fails the state is unknown, never free: it
+    says so (``on_unknown``, once), backs off (doubling to 8 s) and asks again. ``StopError``
+    after ``timeout``: never double-book."""
+    t0, pause, told = time.monotonic(), interval, False
     while True:
-        held = holders()
+        try:
+            held, unknown = holders(), ""
+        except gpus.GpuUnknown as exc:
+            held, unknown = None, str(exc)
         left = sorted(pids & set(held or {}))
-        if not left:
+        if not left and not unknown:
             return time.monotonic() - t0
+        if unknown and not told:
+            on_unknown(unknown)
+            told = True
         if time.monotonic() - t0 > timeout:
+            if unknown:
+                raise StopError(f"the GPU memory of ended processes {sorted(pids)} is unknown after {timeout:.0f} s "
+                                f"({unknown})", "check nvidia-smi and the driver; not relaunching over it",
+                                pids=sorted(pids))
             gib = sum((held or {}).get(p, 0.0) for p in left)
             raise StopError(f"GPU memory ({gib:.1f} GiB) is still held by ended processes {left} after "
                             f"{timeout:.0f} s", "check nvidia-smi; the GPU may need a reset before a relaunch",
                             pids=left)
-        time.sleep(interval)
+        time.sleep(pause)
+        pause = min(pause * 2, 8.0) if unknown else interval
 
 
 def _canary(client: httpx.Client, dep: Deployment, key: str, deadline: float) -> bool:
@@ -127,7 +141,11 @@ def _take_down(dep: Deployment, settings: Settings, failure: Failure, say: Say) 
     say(f"{dep.name} failed: {reason}")
     # it failed: a long graceful exit buys nothing; an engine whose API server is gone only lingers
     ended = end(dep, grace=5.0 if leader_alive(dep) else 1.0)
-    freed = wait_gpu_free({p.pid for p in ended})
+    def unknown(why: str) -> None:
+        update(settings, dep.name, reason=f"{reason}; waiting: GPU memory unknown ({why})")
+        say(f"{dep.name}: GPU memory unknown ({why}); waiting, not relaunching over it")
+
+    freed = wait_gpu_free({p.pid for p in ended}, on_unknown=unknown)
     say(f"ended {len(ended)} process(es); GPU memory free after {freed:.1f} s")
     return reason
 
