@@ -283,6 +283,7 @@ def local_estimate(shape: str, mdir: Path) -> dict[str, Any]:
     """The plan of this shape by this checkout's planner, on the visible GPU, with the shape's EP flag
     (``dsagent up`` records its own plan, which does not know --enable-expert-parallel)."""
     from dsagent.plan.estimate import estimate
+    from dsagent.settings import Settings
     from dsagent.system.gpus import visible_gpus
 
     s = SHAPES[shape]
@@ -292,7 +293,7 @@ def local_estimate(shape: str, mdir: Path) -> dict[str, Any]:
         version = vllm.__version__
     except Exception:  # noqa: BLE001
         version = None
-    seen = visible_gpus()
+    seen = visible_gpus(settings=Settings.load())
     if not seen:
         return {"error": "no GPU visible"}
     plan = estimate(str(mdir), gpu_memory_gib=min(g.total_gib for g in seen), gpus=s["tp"] * s["pp"], tp=s["tp"],
@@ -391,8 +392,9 @@ def busy(mdir: Path, tokenizer: str) -> dict[str, Any]:
     out: dict[str, Any] = {"gpu0_rc": r.returncode, "gpu0_seconds": round(time.time() - t0, 1),
                            "gpu0_stderr": r.stderr[-1200:]}
     code = ("import json; from dsagent.system.gpus import visible_gpus; from dsagent.deploy.up import _preflight; "
+            "from dsagent.settings import Settings; "
             "from dsagent.plan.catalog import resolve; from dsagent.deploy.launch.options import ServeOptions; "
-            f"spec = resolve({str(mdir)!r}); g = visible_gpus(); "
+            f"spec = resolve({str(mdir)!r}); g = visible_gpus(settings=Settings.load()); "
             f"o, est = _preflight(spec, ServeOptions(device='gpu', max_model_len={MAX_MODEL_LEN}), lambda: '0.26.0'); "
             "print(json.dumps({'visible': [x.__dict__ for x in g], 'fits': est.get('fits'), "
             "'kv_cache_tokens': est.get('kv_cache_tokens')}))")

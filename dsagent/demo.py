@@ -15,18 +15,19 @@ from .cli._common import ProgressLine, print_deployment
 from .deploy.launch.options import ServeOptions
 from .deploy.up import up
 from .errors import DsagentError, PortInUseError
+from .settings import Settings
 from .system.gpus import detect_device
 
 
 def main() -> int:
-    progress = ProgressLine()
-    opts = ServeOptions(port=8000, device=detect_device())
+    progress, settings = ProgressLine(), Settings.load()
+    opts = ServeOptions(port=8000, device=detect_device(settings))
     try:
         try:
-            dep = up(options=opts, on_step=progress.step, on_progress=progress)
+            dep = up(options=opts, settings=settings, on_step=progress.step, on_progress=progress)
         except PortInUseError as err:
             progress.step(f"{err.problem}; using a free port instead")
-            dep = up(options=replace(opts, port=0), on_step=progress.step, on_progress=progress)
+            dep = up(options=replace(opts, port=0), settings=settings, on_step=progress.step, on_progress=progress)
     except DsagentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -139,7 +139,7 @@ def restart_policy(args: argparse.Namespace) -> RestartPolicy:
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         host=args.host, port=args.port, tp=args.tp, pp=args.pp, dtype=args.dtype,
-        max_model_len=args.max_model_len, device=args.device or detect_device(),
+        max_model_len=args.max_model_len, device=args.device or detect_device(settings()),
         kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=True if args.enforce_eager else None, dummy_weights=args.dummy_weights, tokenizer=args.tokenizer,
         extra_args=tuple(args.vllm_arg or ()), cpus=args.cpus,

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
                     max_model_len=args.max_model_len, dtype=args.dtype, dummy_weights=args.dummy_weights,
                     kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
                     token=args.token or "", tokenizer=args.tokenizer)
-    options = ServeOptions(device=args.device or detect_device(), cpus=args.cpus)
+    options = ServeOptions(device=args.device or detect_device(settings()), cpus=args.cpus)
     dep = join(spec, options=options, settings=settings(), master_timeout=args.timeout, on_step=ProgressLine().step)
     if args.json:
         print(json.dumps(dep.to_json(), indent=2))

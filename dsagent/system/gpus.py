@@ -64,20 +64,19 @@ def _from_nvml(nvml: Any) -> list[Gpu]:
         nvml.nvmlShutdown()
 
 
-def detect_device(settings: Settings | None = None) -> str:
+def detect_device(settings: Settings) -> str:
     """``cpu`` or ``gpu``: ``DSAGENT_DEVICE`` if set, else whether an NVIDIA device node exists."""
-    forced = (settings or Settings.load()).device
+    forced = settings.device
     if forced:
         return forced
     return "gpu" if Path("/dev/nvidia0").exists() else "cpu"
 
 
-def visible_gpus(loader: Callable[[], Any] | None = None, *, settings: Settings | None = None) -> tuple[Gpu, ...]:
+def visible_gpus(loader: Callable[[], Any] | None = None, *, settings: Settings) -> tuple[Gpu, ...]:
     """The GPUs vLLM would see, renumbered from 0; empty when there are none or NVML is missing.
 
     ``loader`` returns the ``pynvml`` module (tests pass a fake).
     """
-    settings = settings or Settings.load()
     try:
         nvml = loader() if loader else __import__("pynvml")
         gpus = _from_nvml(nvml)

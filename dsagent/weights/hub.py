@@ -162,8 +162,9 @@ def plan(repo_id: str, *, revision: str | None = None, order: str | Sequence[str
     plan to fetch every file again, cached or not (``fetch --force --dry-run``).
     """
     check_repo_id(repo_id)
-    found = sources(order, mirror, endpoints, settings=settings or Settings.load())
-    return next(_plans(repo_id, revision, found, [], weights, settings or Settings.load(), force))
+    settings = settings or Settings.load()
+    found = sources(order, mirror, endpoints, settings=settings)
+    return next(_plans(repo_id, revision, found, [], weights, settings, force))
 
 
 def _plan_for(listing: Listing, skipped: Sequence[tuple[str, str]], weights: bool, settings: Settings,
