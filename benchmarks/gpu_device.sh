@@ -4,6 +4,8 @@
 #   gpu_device.sh part N  .gpu/vllm/pN carried (N=2,3): stage it
 #   gpu_device.sh mnode OUT [ROUNDS] [--by-hand]: two nodes of one GPU each (benchmarks/multinode_gpu.py)
 #   gpu_device.sh run OUT SHAPES [SIGKILL_SHAPES] [BUSY_SHAPES]: wait for the unpack, rehearse
+#   gpu_device.sh supervise OUT [SHAPE] [FAULTS]: wait for the unpack, SIGKILLs under --restart on-failure
+#     sampled by nvidia-smi (benchmarks/gpu_supervise.py; docs/supervise.md "Proven on a real GPU")
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=/tmp/site:/tmp/site2:$here PYTHONUNBUFFERED=1 DSAGENT_PYTHON=python3 DSAGENT_HOME=/tmp/dsh
@@ -30,6 +32,19 @@ run)
   mkdir -p /tmp/dsh
   python3 benchmarks/gpu_rehearsal.py run --tokenizer /tmp/stage/tok --shapes "$3" --sigkill "${4:-}" --busy "${5:-}" \
     --out "$2/rehearsal.json"
+  rc=$?
+  tar czf "$2/logs.tgz" -C /tmp/dsh logs deployments 2>/dev/null
+  nvidia-smi --query-gpu=index,memory.used --format=csv
+  exit $rc
+  ;;
+supervise)
+  for _ in $(seq 300); do [ -e /tmp/site.done ] || [ -e /tmp/site.failed ] && break; sleep 1; done
+  [ -e /tmp/site.done ] || { echo "unpack failed"; cat /tmp/unpack.log; exit 1; }
+  mkdir -p /tmp/dsh
+  nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
+  # the whole call has 600 s: what the unpack wait took comes off the run's budget
+  python3 benchmarks/gpu_supervise.py --tokenizer /tmp/stage/tok --shape "${3:-qwen1.5b}" \
+    --faults "${4:-api,engine,api}" --budget $((570 - SECONDS)) --out "$2/supervise.json"
   rc=$?
   tar czf "$2/logs.tgz" -C /tmp/dsh logs deployments 2>/dev/null
   nvidia-smi --query-gpu=index,memory.used --format=csv

@@ -239,7 +239,8 @@ def run_foreground(name: str, settings: Settings) -> State:
 
 def follow(dep: Deployment, settings: Settings, *, timeout: float = 900.0,
            on_progress: Callable[[Progress], None] | None = None) -> Deployment:
-    """Wait until ``dep`` is ready: through its supervisor's restarts when it has one, else
+    """Wait until ``dep`` is ready: through its supervisor's restarts when it has one (ready once
+    the supervisor has recorded it, so a failure right after counts as one of a ready server), else
     ``launch.wait``. ``DeploymentFailedError`` once the supervisor gave up."""
     if not supervisor_alive(dep):
         return wait(dep, settings, timeout=timeout, on_progress=on_progress)
@@ -253,11 +254,12 @@ def follow(dep: Deployment, settings: Settings, *, timeout: float = 900.0,
             raise DeploymentFailedError(f"deployment {current.name} is {state}: {current.reason}",
                                         f"read {current.log_file}; failures:\n{reasons}", name=current.name,
                                         state=str(state), log_tail=log_tail(current.log_file, 15))
+        if state == State.READY and current.state != State.READY:
+            return State.PROFILING  # ready once its supervisor has seen it: a failure before that is a failed start
         return state
 
     wait_for(read, timeout=timeout, started=dep.started_at, on_progress=on_progress, what=dep.name,
              hint=f"wait longer (--timeout), or read the log: {dep.log_file}")
-    seen[0].state = State.READY  # the supervisor records it at its next look; the caller sees it now
     return seen[0]
 
 
