@@ -20,6 +20,8 @@ cache_dir            XDG_CACHE_HOME            ``~/.cache/dsagent`` (downloads s
 ray_address          RAY_ADDRESS               ``""``: the Ray cluster ``--backend ray`` attaches to
 package_index        PIP_INDEX_URL,            ``https://pypi.org/simple`` (where the embedded
                      UV_DEFAULT_INDEX          model's wheel comes from)
+sudo_user            SUDO_USER                 ``""``: who ran ``sudo`` (a system unit installed
+                                               as root runs as that account)
 ===================  ========================  =============================================
 
 Layout of ``home``::
@@ -142,6 +144,7 @@ class Settings:
     cache_dir: Path = Path("~/.cache/dsagent")
     package_index: str = PYPI
     ray_address: str = ""
+    sudo_user: str = ""
     exported: tuple[tuple[str, str], ...] = ()
     """The variables above that were set, for a child process that must see the same settings."""
 
@@ -165,6 +168,7 @@ class Settings:
             cache_dir=_cache_root(env) / "dsagent",
             package_index=(env.get("PIP_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or PYPI).rstrip("/"),
             ray_address=env.get("RAY_ADDRESS", ""),
+            sudo_user=env.get("SUDO_USER", ""),
             exported=tuple((k, env[k]) for k in EXPORTED if env.get(k)),
         )
 
