@@ -68,7 +68,7 @@ def add_command(subparsers: Any) -> None:
     token.add_argument("--share-engine-key", action="store_true",
                        help="HTTP clients send the deployment's API key (<home>/api_key) instead of the MCP "
                             "server's own token (<home>/mcp_token, the default): they can then call vLLM directly too")
-    token.add_argument("--own-token", action="store_true", help=argparse.SUPPRESS)  # accepted from old scripts: now the default
+    token.add_argument("--own-token", action="store_true", help=argparse.SUPPRESS)  # old scripts: now the default
     p.add_argument("--up", action="store_true", help="start the model in the background if it is not running")
     p.add_argument("--model", help="which deployment to use (or start, with --up)")
     p.add_argument("--model-port", type=port, default=0, help="vLLM port for --up (default: a free one)")

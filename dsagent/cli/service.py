@@ -16,9 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..deploy.supervise.service import (
-    check_owner, install, render_unit, service_user, uninstall, unit_dir, up_command,
-)
+from ..deploy.supervise.service import check_owner, install, render_unit, service_user, uninstall, unit_dir, up_command
 from ..errors import InputError
 from ..plan.catalog import DEFAULT_CPU_MODEL, resolve
 from ._common import add_restart_flags, add_serve_flags, restart_policy, serve_options, settings
