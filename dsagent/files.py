@@ -1,18 +1,24 @@
-"""Reading model files: digests (sha256, git blob id) and the safetensors header.
+"""Files: model files' digests (sha256, git blob id) and safetensors header; private files.
 
 The one copy of each, shared by the planner (exact weight bytes from headers) and fetch
-(verification of downloads and of the store).
+(verification of downloads and of the store); and the two ways dsagent makes a file of the home
+that only its owner may read: ``private_dir`` (a folder, 0700) and ``append_private`` (a log,
+0600), each tightening one of ours that an older version or a umask left open.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
 
-__all__ = ["digest", "digest_text", "read_safetensors_header", "safetensors_problem"]
+from .errors import InvalidOptionError
+
+__all__ = ["append_private", "digest", "digest_text", "private_dir", "read_safetensors_header", "safetensors_problem"]
 
 CHUNK = 8 << 20
 
@@ -64,3 +70,34 @@ def safetensors_problem(path: Path) -> str:
     if 8 + n + end != size:
         return f"truncated or padded: its header says {8 + n + end} bytes, the file has {size}"
     return ""
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made as a folder only its owner can enter (0700), its missing parents too; an
+    existing folder of ours is tightened to 0700. A shared folder (sticky, like ``/tmp``) is refused."""
+    missing: list[Path] = []
+    up = path
+    while not up.exists() and up != up.parent:
+        missing.append(up)
+        up = up.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another process may make it first
+    st = path.stat()
+    if st.st_mode & stat.S_ISVTX:
+        raise InvalidOptionError(f"{path} is a shared folder (sticky bit, like /tmp): dsagent keeps keys, records "
+                                 "and logs in a folder only its owner can enter", "point DSAGENT_HOME at a folder of "
+                                 "its own (the default is ~/.dsagent)", option="DSAGENT_HOME", value=str(path))
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        path.chmod(0o700)
+    return path
+
+
+def append_private(path: Path) -> int:
+    """A file descriptor appending to ``path`` (a log): made mode 0600 in a 0700 folder, an
+    existing one of ours tightened to 0600. The caller closes it."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    st = os.fstat(fd)
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        os.fchmod(fd, 0o600)
+    return fd

@@ -20,6 +20,8 @@ cache_dir            XDG_CACHE_HOME            ``~/.cache/dsagent`` (downloads s
 ray_address          RAY_ADDRESS               ``""``: the Ray cluster ``--backend ray`` attaches to
 package_index        PIP_INDEX_URL,            ``https://pypi.org/simple`` (where the embedded
                      UV_DEFAULT_INDEX          model's wheel comes from)
+sudo_user            SUDO_USER                 ``""``: who ran ``sudo`` (a system unit installed
+                                               as root runs as that account)
 ===================  ========================  =============================================
 
 Layout of ``home``::
@@ -28,17 +30,29 @@ Layout of ``home``::
     deployments/<name>.json   one state record per deployment
     logs/<name>.log           the vLLM log of that deployment
     api_key                   the API key, mode 0600, made on first use
-    mcp_token                 the MCP server's own HTTP token (``--own-token``), mode 0600
+    mcp_token                 the MCP server's HTTP bearer token, mode 0600, made on first use
+
+The home and its folders are 0700, the files in it 0600. The key and the token are made once:
+written to a temporary file (``O_CREAT|O_EXCL``, 0600) that is hard-linked to its name, so the
+name appears with its content, and of several processes making it at once one wins and every one
+reads the winner's. A key file that is empty or blank is refused (``InvalidOptionError``), never
+used and never replaced behind the user's back: the message says to remove it (a new one is made
+on the next use) or to write a key into it. No key is read from the environment.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import InvalidOptionError
+from .files import private_dir
 
 __all__ = ["Settings"]
 
@@ -59,17 +73,59 @@ def _hf_cache(env: Mapping[str, str]) -> Path:
     return Path(env.get("HF_HOME") or _cache_root(env) / "huggingface").expanduser() / "hub"
 
 
-def _secret(path: Path, prefix: str) -> str:
-    """The secret in ``path``, made (mode 0600, atomically) on first use."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(prefix + secrets.token_urlsafe(24) + "\n")
-    os.replace(tmp, path)
-    return path.read_text().strip()
+def _make_once(path: Path, prefix: str) -> None:
+    """Create the secret ``path`` unless it exists: its content written to a temporary file of this
+    process (``O_EXCL``, 0600), then hard-linked to ``path``, which appears whole or not at all
+    (``EEXIST``: another process was first, and its secret stands)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(prefix + secrets.token_urlsafe(24) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError as exc:  # a file system without hard links: create the name itself, once
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            try:
+                made = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                return
+            with os.fdopen(made, "w") as out:
+                out.write(tmp.read_text())
+    finally:
+        os.unlink(tmp)
+
+
+def _read_secret(path: Path, what: str) -> str:
+    """The secret in ``path`` (tightened to 0600 if it is ours and more open); refused when empty."""
+    for _ in range(20):  # only without hard links can a secret be seen before it is written
+        text = path.read_text().strip()
+        if text:
+            break
+        time.sleep(0.05)
+    else:
+        raise InvalidOptionError(
+            f"the {what} file {path} is empty: an empty {what} would let anyone in, so it is refused",
+            f"rm {path} (a new {what} is made on the next use; clients then read the new one), or write one "
+            f"into it: python -c \"import secrets; print(secrets.token_urlsafe(24))\" > {path}",
+            option=path.name, value=str(path))
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        path.chmod(0o600)
+    return text
+
+
+def _secret(path: Path, prefix: str, what: str) -> str:
+    """The secret in ``path``, made (mode 0600, once, atomically) on first use, in a 0700 home."""
+    private_dir(path.parent)
+    if not path.exists():
+        _make_once(path, prefix)
+    return _read_secret(path, what)
 
 
 @dataclass(frozen=True)
@@ -88,6 +144,7 @@ class Settings:
     cache_dir: Path = Path("~/.cache/dsagent")
     package_index: str = PYPI
     ray_address: str = ""
+    sudo_user: str = ""
     exported: tuple[tuple[str, str], ...] = ()
     """The variables above that were set, for a child process that must see the same settings."""
 
@@ -111,6 +168,7 @@ class Settings:
             cache_dir=_cache_root(env) / "dsagent",
             package_index=(env.get("PIP_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or PYPI).rstrip("/"),
             ray_address=env.get("RAY_ADDRESS", ""),
+            sudo_user=env.get("SUDO_USER", ""),
             exported=tuple((k, env[k]) for k in EXPORTED if env.get(k)),
         )
 
@@ -135,9 +193,11 @@ class Settings:
         return self.home / "mcp_token"
 
     def api_key(self) -> str:
-        """The deployment API key, generated and stored with mode 0600 on first use."""
-        return _secret(self.api_key_file, "dsa-")
+        """The deployment API key, generated and stored with mode 0600 on first use; an empty or
+        blank key file is refused (``InvalidOptionError`` saying how to set one)."""
+        return _secret(self.api_key_file, "dsa-", "API key")
 
     def mcp_token(self) -> str:
-        """The MCP server's own bearer token (``dsagent mcp --http --own-token``), made on first use."""
-        return _secret(self.mcp_token_file, "dsm-")
+        """The MCP server's HTTP bearer token (``dsagent mcp --http``), made on first use like the
+        API key and kept apart from it: who may call tools may not call the engine."""
+        return _secret(self.mcp_token_file, "dsm-", "MCP token")

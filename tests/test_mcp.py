@@ -124,9 +124,9 @@ def test_config_snippets_have_absolute_paths_and_the_home(cli, settings):
 def test_bind_warning_and_token_file(tmp_settings):
     assert bind_warning("127.0.0.1", 8765) is None and bind_warning("::1", 8765) is None
     assert "WARNING" in bind_warning("0.0.0.0", 8765)
-    token, path = http_token(tmp_settings, own=True)
+    token, path = http_token(tmp_settings)  # the MCP server's own token by default
     assert path == tmp_settings.home / "mcp_token" and path.read_text().strip() == token
     assert (path.stat().st_mode & 0o777) == 0o600
-    assert http_token(tmp_settings, own=True)[0] == token
-    key, key_path = http_token(tmp_settings)
+    assert http_token(tmp_settings)[0] == token
+    key, key_path = http_token(tmp_settings, share_engine_key=True)
     assert key_path == tmp_settings.api_key_file and key != token

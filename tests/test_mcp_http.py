@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 
+from dsagent.settings import Settings
 from dsagent.system.ports import free_port
 
 SERVER_START = 600  # see test_mcp.py: the first test to use ``server`` may start it
@@ -73,7 +74,7 @@ def stop_http(proc: subprocess.Popen) -> None:
 def http_server(settings) -> Iterator[HttpServer]:
     proc, url, log = start_http(settings.home)
     try:
-        yield HttpServer(url, settings.api_key(), settings.api_key_file, proc, log)
+        yield HttpServer(url, settings.mcp_token(), settings.mcp_token_file, proc, log)
     finally:
         stop_http(proc)
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught
@@ -129,21 +130,44 @@ async def test_64_concurrent_tool_calls_are_all_answered(server, http_server):
     assert all(r.content[0].text.strip() for r in results.values())
 
 
+def _status(url: str, token: str) -> int:
+    headers = {**HEADERS, "Authorization": f"Bearer {token}"}
+    return httpx.post(url, json=INITIALIZE, headers=headers, timeout=10).status_code
+
+
 @pytest.mark.timeout(90)
-def test_own_token_replaces_the_deployment_key(tmp_path):
+def test_without_flags_http_uses_its_own_token_not_the_engine_key(tmp_path):
+    """Who may call tools may not call the engine: the default token is <home>/mcp_token, and the
+    deployment's API key is refused."""
     home = tmp_path / "home"
-    proc, url, log = start_http(home, "--own-token")
+    engine_key = Settings.load(home).api_key()
+    proc, url, log = start_http(home)
     try:
         token_file = home / "mcp_token"
         assert (token_file.stat().st_mode & 0o777) == 0o600
-        assert str(token_file) in log.read_text()
-        own = {**HEADERS, "Authorization": f"Bearer {token_file.read_text().strip()}"}
-        assert httpx.post(url, json=INITIALIZE, headers=own, timeout=10).status_code == 200
-        key = (home / "api_key").read_text().strip() if (home / "api_key").exists() else "dsa-none"
-        other = {**HEADERS, "Authorization": f"Bearer {key}"}
-        assert httpx.post(url, json=INITIALIZE, headers=other, timeout=10).status_code == 401
+        assert str(token_file) in log.read_text() and str(home / "api_key") not in log.read_text()
+        token = token_file.read_text().strip()
+        assert token != engine_key
+        assert _status(url, token) == 200
+        assert _status(url, engine_key) == 401
     finally:
         stop_http(proc)
+
+
+@pytest.mark.timeout(90)
+def test_share_engine_key_is_an_explicit_choice(tmp_path, cli):
+    home = tmp_path / "home"
+    engine_key = Settings.load(home).api_key()
+    own = Settings.load(home).mcp_token()
+    proc, url, log = start_http(home, "--share-engine-key")
+    try:
+        assert str(home / "api_key") in log.read_text()
+        assert _status(url, engine_key) == 200
+        assert _status(url, own) == 401
+    finally:
+        stop_http(proc)
+    out = cli("mcp", "--http", "--share-engine-key", "--own-token", env={"DSAGENT_HOME": str(home)})
+    assert out.returncode == 2 and "not allowed with argument" in out.stderr
 
 
 class _ToolCallingFake:

@@ -194,7 +194,8 @@ def _unit(tmp_path, user: bool = True):
     args = build_parser().parse_args(UP[1:])
     argv = up_command(args.model, "smol", serve_options(args), restart_policy(args))
     env = {"DSAGENT_HOME": str(tmp_path / "home"), "CUDA_VISIBLE_DEVICES": "0,1", "HF_HOME": "/data/hf 100%"}
-    return args, render_unit("smol", argv, env, user=user, run_as="svc", workdir=str(tmp_path))
+    return args, render_unit("smol", argv, env, user=user, run_as="svc", workdir=str(tmp_path),
+                             folder=tmp_path / "units")
 
 
 def test_the_unit_runs_up_in_the_foreground_with_the_environment_and_restarts(tmp_path):
@@ -206,17 +207,19 @@ def test_the_unit_runs_up_in_the_foreground_with_the_environment_and_restarts(tm
     assert "--vllm-arg=--enforce-eager" in exec_start and "--cpus 0,1" in exec_start
     assert "--restart on-failure" in exec_start and "--canary-every 30.0" in exec_start
     assert exec_start.endswith("--foreground") and "--dummy-weights" in exec_start
-    assert u["Service"]["Environment"] == ['CUDA_VISIBLE_DEVICES=0,1', f"DSAGENT_HOME={tmp_path}/home",
-                                           '"HF_HOME=/data/hf 100%%"']
+    assert "Environment" not in u["Service"]  # the environment is in a 0600 file, not in the unit
+    assert u["Service"]["EnvironmentFile"] == [str(tmp_path / "units" / "dsagent-smol.env")]
+    assert unit.env_text.splitlines() == ['CUDA_VISIBLE_DEVICES="0,1"', f'DSAGENT_HOME="{tmp_path}/home"',
+                                          'HF_HOME="/data/hf 100%"']
     assert u["Service"]["Restart"] == ["on-failure"] and u["Service"]["KillMode"] == ["mixed"]
     assert u["Install"]["WantedBy"] == ["default.target"] and "User" not in u["Service"]
     assert parse_unit(_unit(tmp_path, user=False)[1].text)["Service"]["User"] == ["svc"]
     again = build_parser().parse_args(_unit_argv(tmp_path)[3:])  # the unit's flags parse as `up` flags
     assert again.port == 0 and again.cpus == (0, 1) and again.vllm_arg == ["--enforce-eager"]
     with pytest.raises(InvalidOptionError, match="add --foreground"):
-        render_unit("smol", ["dsagent", "up"], {}, user=True)
+        render_unit("smol", ["dsagent", "up"], {}, user=True, folder=tmp_path)
     with pytest.raises(InvalidOptionError, match="deployment name 'a b' is not allowed"):
-        render_unit("a b", ["--foreground"], {}, user=True)
+        render_unit("a b", ["--foreground"], {}, user=True, folder=tmp_path)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed "
@@ -235,15 +238,17 @@ def test_systemd_analyze_verify_accepts_the_unit_and_catches_a_broken_one(tmp_pa
 
 def test_service_install_print_and_uninstall_through_the_cli(cli, tmp_path):
     env = {"DSAGENT_HOME": str(tmp_path / "home")}
-    out = cli("service", "install", "--name", "smol", "--port", "9000", "--print", env=env)
+    out = cli("service", "install", "--name", "smol", "--port", "9000", "--print", "--run-as", "root", env=env)
     assert out.returncode == 0, out.stderr
     assert parse_unit(out.stdout)["Service"]["ExecStart"][0].endswith("--port 9000 --restart on-failure "
                                                                       "--name smol --foreground")
     out = cli("service", "install", "--name", "smol", "--user", "--dir", str(tmp_path / "units"), env=env)
     assert out.returncode == 0 and "systemctl --user enable --now dsagent-smol.service" in out.stdout, out.stderr
     assert (tmp_path / "units" / "dsagent-smol.service").is_file()
+    assert (tmp_path / "units" / "dsagent-smol.env").is_file()
     out = cli("service", "uninstall", "smol", "--user", "--dir", str(tmp_path / "units"), env=env)
     assert out.returncode == 0 and not (tmp_path / "units" / "dsagent-smol.service").exists()
+    assert not (tmp_path / "units" / "dsagent-smol.env").exists()
     with pytest.raises(NoDeploymentError, match="no unit"):
         uninstall("smol", tmp_path / "units", user=True)
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = ServeOptions(port=args.model_port, device=detect_device(home)) if args.up else None
     backend = Backend(home, model=args.model, start=args.up, options=options, wait=args.wait)
-    serve(backend, http=args.http, host=args.host, port=args.port, own_token=args.own_token)
+    serve(backend, http=args.http, host=args.host, port=args.port, share_engine_key=args.share_engine_key)
     return 0
 
 
@@ -64,8 +64,11 @@ def add_command(subparsers: Any) -> None:
     p.add_argument("--http", action="store_true", help="streamable HTTP at /mcp with a bearer token (default: stdio)")
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
-    p.add_argument("--own-token", action="store_true",
-                   help="HTTP token of its own (<home>/mcp_token) instead of the deployment's API key")
+    token = p.add_mutually_exclusive_group()
+    token.add_argument("--share-engine-key", action="store_true",
+                       help="HTTP clients send the deployment's API key (<home>/api_key) instead of the MCP "
+                            "server's own token (<home>/mcp_token, the default): they can then call vLLM directly too")
+    token.add_argument("--own-token", action="store_true", help=argparse.SUPPRESS)  # old scripts: now the default
     p.add_argument("--up", action="store_true", help="start the model in the background if it is not running")
     p.add_argument("--model", help="which deployment to use (or start, with --up)")
     p.add_argument("--model-port", type=port, default=0, help="vLLM port for --up (default: a free one)")

@@ -1,8 +1,10 @@
 """``dsagent service install|uninstall``: a systemd unit that runs ``dsagent up --foreground``.
 
 ``install`` takes ``up``'s flags (the restart default is ``on-failure``) and writes
-``dsagent-NAME.service`` (``--print``: shows it instead); the unit carries ``DSAGENT_HOME`` and
-the other settings this shell has (``CUDA_VISIBLE_DEVICES``, ``HF_*``, ...).
+``dsagent-NAME.service`` (``--print``: shows it instead) and beside it ``dsagent-NAME.env``
+(mode 0600): ``DSAGENT_HOME`` and the other settings this shell has (``CUDA_VISIBLE_DEVICES``,
+``HF_*``, ...). A system unit runs as ``--run-as USER``, else the invoking account (as root: the
+one that ran ``sudo``); root with neither is refused.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..deploy.supervise.service import install, render_unit, uninstall, unit_dir, up_command
+from ..deploy.supervise.service import check_owner, install, render_unit, service_user, uninstall, unit_dir, up_command
 from ..errors import InputError
 from ..plan.catalog import DEFAULT_CPU_MODEL, resolve
 from ._common import add_restart_flags, add_serve_flags, restart_policy, serve_options, settings
@@ -34,12 +37,17 @@ def cmd_install(args: argparse.Namespace) -> int:
     home, name = settings(), _name(args)
     argv = up_command(args.model, name, options, policy)
     env = {**dict(home.exported), "DSAGENT_HOME": str(home.home)}
-    unit = render_unit(name, argv, env, user=args.user, run_as=pwd.getpwuid(os.getuid()).pw_name,
-                       workdir=str(home.home))
+    run_as = service_user(args.run_as or "", user=args.user, euid=os.geteuid(), sudo_user=home.sudo_user,
+                          me=pwd.getpwuid(os.geteuid()).pw_name)
+    if run_as:
+        check_owner(run_as, home.home)
+    unit = render_unit(name, argv, env, user=args.user, run_as=run_as, workdir=str(home.home),
+                       folder=Path(args.dir).absolute() if args.dir else unit_dir(args.user))
     if args.print:
         print(unit.text, end="")
+        print(f"# install also writes {unit.env_path} (mode 0600): {' '.join(sorted(env))}", file=sys.stderr)
         return 0
-    path, commands = install(unit, Path(args.dir) if args.dir else unit_dir(args.user), user=args.user)
+    path, commands = install(unit, user=args.user)
     print(f"wrote {path}; start it now and at every boot with:\n  " + "\n  ".join(commands))
     return 0
 
@@ -60,6 +68,8 @@ def add_command(sub: Any) -> None:
         q.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user), not a system one")
         q.add_argument("--dir", help="write the unit here instead of systemd's folder")
     i.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    i.add_argument("--run-as", metavar="USER", help="the account a system unit runs as (default: yours; as root, "
+                   "the one that ran sudo); the account that owns DSAGENT_HOME")
     i.set_defaults(func=cmd_install)
     u.add_argument("name", help="the deployment's name")
     u.set_defaults(func=cmd_uninstall)

@@ -25,12 +25,13 @@ class StaticToken:
         return None
 
 
-def http_token(settings: Settings, *, own: bool = False) -> tuple[str, Path]:
-    """The bearer token HTTP clients must send, and the file (mode 0600) that holds it:
-    the deployment's API key, or with ``own`` the MCP server's own token."""
-    if own:
-        return settings.mcp_token(), settings.mcp_token_file
-    return settings.api_key(), settings.api_key_file
+def http_token(settings: Settings, *, share_engine_key: bool = False) -> tuple[str, Path]:
+    """The bearer token HTTP clients must send, and the file (mode 0600) that holds it: the MCP
+    server's own token (``<home>/mcp_token``), so whoever may call tools cannot call the engine
+    directly; with ``share_engine_key`` (an explicit choice) the deployment's API key."""
+    if share_engine_key:
+        return settings.api_key(), settings.api_key_file
+    return settings.mcp_token(), settings.mcp_token_file
 
 
 def bind_warning(host: str, port: int) -> str | None:

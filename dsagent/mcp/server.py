@@ -16,8 +16,9 @@ lifecycle      attach to the running deployment (found when a tool is first call
                never waits for it, tools wait at most ``wait`` seconds and then answer
                "model is starting, try again in N s"; on exit only a deployment this
                server started is stopped, its whole process group (``dsagent.stop``)
-transports     stdio (default); streamable HTTP at ``/mcp`` with a bearer token (the
-               deployment's API key, or ``--own-token``: ``<home>/mcp_token``, mode 0600)
+transports     stdio (default); streamable HTTP at ``/mcp`` with a bearer token of its own
+               (``<home>/mcp_token``, mode 0600), or the deployment's API key when asked
+               to share it (``--share-engine-key``)
 errors         every failure reaches the agent as an MCP tool error whose message says
                what to do (no deployment, still starting, request too long for the
                context, server not answering); the server itself keeps running
@@ -133,13 +134,13 @@ def _add_resources(server: MCPServer, backend: Backend) -> None:
 
 
 def serve(backend: Backend, *, http: bool = False, host: str = "127.0.0.1", port: int = DEFAULT_HTTP_PORT,
-          own_token: bool = False) -> None:
+          share_engine_key: bool = False) -> None:
     """Run the MCP server until its client leaves (stdio) or it is interrupted (HTTP)."""
     if not http:
         say(f"dsagent MCP server on stdio (DSAGENT_HOME {backend.settings.home})")
         anyio.run(_serve_stdio, build_server(backend))
         return
-    token, token_file = http_token(backend.settings, own=own_token)
+    token, token_file = http_token(backend.settings, share_engine_key=share_engine_key)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}/mcp"
     if (warning := bind_warning(host, port)) is not None:

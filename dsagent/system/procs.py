@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import StopError
+from ..files import append_private
 
 __all__ = [
     "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "all_processes", "alive", "cxx_compiler", "end_processes", "engine_env",
@@ -45,9 +46,9 @@ class ProcInfo:
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` as the leader of a new session, output appended to ``log_path``."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    """Start ``argv`` as the leader of a new session, output appended to ``log_path`` (mode 0600,
+    in a 0700 folder: a log may hold prompts, paths and tracebacks)."""
+    with os.fdopen(append_private(log_path), "ab") as log:
         return subprocess.Popen(
             list(argv),
             env=dict(env),

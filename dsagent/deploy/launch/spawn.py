@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...errors import InstallError, StartupError
+from ...errors import InstallError, InvalidOptionError, StartupError
+from ...files import append_private
 from ...settings import Settings
 from ...system import procs
 from ...system.ports import interface_of
@@ -28,7 +29,8 @@ from ..record.store import Deployment, create, update
 from .options import ServeOptions, ServePlan
 
 __all__ = [
-    "check_compiler", "engine_version", "launch", "pin_interface", "ready_fields", "record_of", "relaunch", "wait",
+    "check_compiler", "engine_environ", "engine_version", "launch", "pin_interface", "ready_fields", "record_of",
+    "relaunch", "wait",
 ]
 
 
@@ -86,16 +88,27 @@ def record_of(plan: ServePlan, settings: Settings, *, model: str, vllm_version: 
     )
 
 
+def engine_environ(env: Mapping[str, str], api_key: str) -> dict[str, str]:
+    """The engine's environment: this process's, the launch's overrides ``env``, dsagent importable,
+    and ``VLLM_API_KEY`` set last (nothing replaces it). An empty or blank key is refused: vLLM
+    takes ``VLLM_API_KEY=''`` as "no key" and would answer anyone."""
+    if not api_key.strip():
+        raise InvalidOptionError(
+            "refusing to start vLLM with an empty API key: VLLM_API_KEY='' turns its authentication off",
+            "launch with the key of Settings.api_key() (dsagent up does); if <DSAGENT_HOME>/api_key is empty, "
+            "remove it and a new key is made", option="VLLM_API_KEY", value=api_key)
+    return procs.engine_env(os.environ, **{**env, "VLLM_API_KEY": api_key})
+
+
 def _spawn(argv: Sequence[str], env: Mapping[str, str], log_file: Path, api_key: str) -> dict[str, Any]:
     """Start ``argv`` as a new session leader logging to ``log_file`` (the last launch's log kept as
     ``.log.1``, so phases are read from this launch only); the record fields of the new leader."""
-    log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    environ = engine_environ(env, api_key)
     if log_file.exists():
         os.replace(log_file, log_file.with_suffix(".log.1"))
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a") as log:
+    with os.fdopen(append_private(log_file), "a") as log:
         log.write(f"\n===== dsagent: launch {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n")
-    proc = procs.spawn(argv, procs.engine_env(os.environ, **env, VLLM_API_KEY=api_key), log_file)
+    proc = procs.spawn(argv, environ, log_file)
     return {"pid": proc.pid, "pgid": proc.pid, "leader_started": started_at(proc.pid), "members": [],
             "state": State.STARTING, "reason": "", "started_at": time.time()}
 

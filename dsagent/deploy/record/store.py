@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import NoDeploymentError, UnreadableRecordError
+from ...files import private_dir
 from ...settings import Settings
 from .names import NAME_RULE, files
 from .state import State
@@ -127,14 +128,6 @@ class Deployment:
         dep = cls(**{k: v for k, v in data.items() if k in names})
         dep.state = State(dep.state)
         return dep
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` made (with its parents) as a folder only its owner can enter (0700)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o700)
-    return path
 
 
 @contextlib.contextmanager
