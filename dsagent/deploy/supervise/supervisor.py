@@ -31,7 +31,7 @@ from ..launch.spawn import ready_fields, relaunch, wait
 from ..record.identity import end, leader_alive, started_at, supervisor_alive
 from ..record.logs import failure_reason, log_tail
 from ..record.names import files
-from ..record.phase import Progress, api_key, healthy, live_state, metrics, wait_for
+from ..record.phase import Progress, healthy, live_state, metrics, wait_for
 from ..record.state import State
 from ..record.store import Deployment, load, update
 from .policy import Decision, Failure, Monitor, Observation, RestartPolicy, decide
@@ -194,7 +194,7 @@ def supervise(name: str, settings: Settings, *, say: Say = _say) -> State:
     policy = RestartPolicy.from_dict(dep.restart)
     failures: list[float] = []
     monitor = Monitor(policy, dep.started_at or time.time())
-    key = api_key(dep)
+    key = settings.api_key()  # refuses an empty key file
     say(f"supervising {name} (pid {dep.pid}, --restart {policy.mode})")
     with httpx.Client() as client:
         while (dep := _mine(settings, name)) is not None:
