@@ -281,10 +281,13 @@ def test_a_call_refused_during_a_restart_waits_for_ready_and_is_sent_again(tmp_s
         dep.port = http.server_address[1]
         create(tmp_settings, dep)
 
-        def relaunched():
+        def relaunched():  # as the supervisor does: relaunch, then record ready once /health answers
             time.sleep(1.0)
             dep.pid, dep.started_at, dep.state = api.pid, started_at(api.pid), State.STARTING
             dep.leader_started = dep.started_at
+            create(tmp_settings, dep)
+            time.sleep(0.5)
+            dep.state = State.READY
             create(tmp_settings, dep)
 
         threading.Thread(target=relaunched, daemon=True).start()
