@@ -47,10 +47,10 @@ from pathlib import Path
 from typing import Self
 
 from ...errors import InvalidOptionError
+from ...files import private_dir
 from ...settings import Settings
 from ..record.names import files
 from ..record.reports import NodeReport, store_report
-from ..record.store import private_dir
 
 __all__ = ["MAX_BODY", "MAX_CONNECTIONS", "TIMEOUT", "RollCall", "check_token", "new_token", "read_token",
            "report_address", "send_report"]
