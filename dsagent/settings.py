@@ -22,12 +22,16 @@ package_index        PIP_INDEX_URL,            ``https://pypi.org/simple`` (wher
                      UV_DEFAULT_INDEX          model's wheel comes from)
 sudo_user            SUDO_USER                 ``""``: who ran ``sudo`` (a system unit installed
                                                as root runs as that account)
+join_token           DSAGENT_JOIN_TOKEN        ``""``: a joining node's token for the head's roll
+                                               call (else ``join --token-file``); a secret,
+                                               so never exported to a child process
 ===================  ========================  =============================================
 
 Layout of ``home``::
 
     models/<name>/            converted or local models (the model store)
     deployments/<name>.json   one state record per deployment
+    deployments/<name>.token  a multi-node head's roll-call token, mode 0600 (for the nodes)
     logs/<name>.log           the vLLM log of that deployment
     api_key                   the API key, mode 0600, made on first use
     mcp_token                 the MCP server's HTTP bearer token, mode 0600, made on first use
@@ -48,7 +52,7 @@ import secrets
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidOptionError
@@ -57,9 +61,12 @@ from .files import private_dir
 __all__ = ["Settings"]
 
 # What a child process (an MCP host's ``dsagent mcp``, a service) needs to see the same settings.
+# Secrets (``SECRETS``) are not among them: a node's engine and watcher never see the join token.
 EXPORTED = ("DSAGENT_HOME", "DSAGENT_PYTHON", "DSAGENT_DEVICE", "DSAGENT_FETCH_SOURCES", "HF_HOME",
             "HF_HUB_CACHE", "HF_ENDPOINT", "MODELSCOPE_ENDPOINT", "MODELSCOPE_CACHE", "CUDA_VISIBLE_DEVICES",
             "XDG_CACHE_HOME", "PIP_INDEX_URL", "UV_DEFAULT_INDEX", "RAY_ADDRESS")
+SECRETS = ("DSAGENT_JOIN_TOKEN",)
+"""Settings that are secrets: read here, dropped from every child's environment (``procs.engine_env``)."""
 PYPI = "https://pypi.org/simple"
 
 
@@ -145,6 +152,8 @@ class Settings:
     package_index: str = PYPI
     ray_address: str = ""
     sudo_user: str = ""
+    join_token: str = field(default="", repr=False)
+    """``DSAGENT_JOIN_TOKEN``: the head's roll-call token for ``dsagent join`` (kept out of ``repr``)."""
     exported: tuple[tuple[str, str], ...] = ()
     """The variables above that were set, for a child process that must see the same settings."""
 
@@ -169,6 +178,7 @@ class Settings:
             package_index=(env.get("PIP_INDEX_URL") or env.get("UV_DEFAULT_INDEX") or PYPI).rstrip("/"),
             ray_address=env.get("RAY_ADDRESS", ""),
             sudo_user=env.get("SUDO_USER", ""),
+            join_token=env.get("DSAGENT_JOIN_TOKEN", "").strip(),
             exported=tuple((k, env[k]) for k in EXPORTED if env.get(k)),
         )
 

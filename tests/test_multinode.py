@@ -190,6 +190,13 @@ def test_node_layouts_are_checked():
         check_nodes(tp=4, pp=1, dp=1, nodes=2)
 
 
+def _token_file(tmp_path) -> str:
+    """A token file as a node holds it: a copy of the head's, mode 0600."""
+    from dsagent.deploy.nodes.rollcall import new_token
+
+    return str(new_token(Settings.load(tmp_path / "head"), "tiny")[1])
+
+
 def _tiny_model(tmp_path) -> str:
     folder = tmp_path / "tiny"
     folder.mkdir()
@@ -202,7 +209,11 @@ def _tiny_model(tmp_path) -> str:
 @pytest.mark.timeout(120)
 def test_join_refuses_what_would_hang_or_fail_later(tmp_path):
     s = Settings.load(tmp_path / "node")
-    base = dict(node_rank=1, model=_tiny_model(tmp_path), nodes=2, pp=2, dummy_weights=True, node_ip="127.0.0.2")
+    base = dict(node_rank=1, model=_tiny_model(tmp_path), nodes=2, pp=2, dummy_weights=True, node_ip="127.0.0.2",
+                token_file=_token_file(tmp_path))
+    with pytest.raises(InvalidOptionError, match="no token for this node's reports") as info:
+        join(JoinSpec(head="127.0.0.1:1", **{**base, "token_file": ""}), settings=s)
+    assert info.value.option == "--token-file"
     with pytest.raises(InvalidOptionError, match="not an address of this machine"):
         join(JoinSpec(head="127.0.0.1:1", **{**base, "node_ip": "192.0.2.77"}), settings=s)
     with pytest.raises(JoinError, match="this node has vLLM") as info:
@@ -234,7 +245,7 @@ def test_pp_on_cpu_without_a_compiler_is_refused_before_launch(tmp_settings, tmp
         up(options=ServeOptions(device="cpu", pp=2), settings=tmp_settings)
     assert "apt-get install g++" in info.value.remedy and "--pp 1" in info.value.remedy
     spec = JoinSpec(head="127.0.0.1:1", node_rank=1, model=_tiny_model(tmp_path), nodes=2, pp=2, dummy_weights=True,
-                    node_ip="127.0.0.2")
+                    node_ip="127.0.0.2", token_file=_token_file(tmp_path))
     with pytest.raises(InstallError, match=r"needs a C\+\+ compiler"):
         join(spec, settings=tmp_settings)
     assert not list(tmp_settings.deployments_dir.glob("*.json"))
@@ -254,7 +265,8 @@ def test_a_node_that_dies_is_reported_on_the_head_which_stops(model_dir, tmp_pat
                         cpus=(0,))
     head = up(model_dir, options=opts, name="crash", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
-        assert "--token " in head.nodes[1]["join"] and head.watcher_pid
+        token = load(settings, "crash").token
+        assert "--token-file " in head.nodes[1]["join"] and token not in head.nodes[1]["join"] and head.watcher_pid
         env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
         out = subprocess.run(_join_command(head), env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr

@@ -192,9 +192,9 @@ def _env_reads(path: Path) -> set[str]:
 
 
 def test_environment_is_read_only_by_settings():
-    from dsagent.settings import EXPORTED
+    from dsagent.settings import EXPORTED, SECRETS
 
-    variables = set(EXPORTED) | {"XDG_CACHE_HOME"}
+    variables = set(EXPORTED) | set(SECRETS) | {"XDG_CACHE_HOME"}
     assert _env_reads(PACKAGE / "settings.py") >= variables
     for path in PACKAGE.rglob("*.py"):
         if path.name != "settings.py":

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
                     vllm_version=args.vllm_version or "", fingerprint=args.fingerprint or "",
                     max_model_len=args.max_model_len, dtype=args.dtype, dummy_weights=args.dummy_weights,
                     kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
-                    token=args.token or "", tokenizer=args.tokenizer)
+                    token_file=args.token_file or "", tokenizer=args.tokenizer)
     options = ServeOptions(device=args.device or detect_device(settings()), cpus=args.cpus)
     dep = join(spec, options=options, settings=settings(), master_timeout=args.timeout, on_step=ProgressLine().step)
     if args.json:
@@ -52,7 +52,9 @@ def add_command(sub: Any) -> None:
     p.add_argument("--kv-cache-gib", type=int, help="CPU KV-cache size (the head's)")
     p.add_argument("--gpu-memory-utilization", type=float, help="the head's share of each GPU")
     p.add_argument("--tokenizer", help="the head's tokenizer folder (the same path here)")
-    p.add_argument("--token", help="the deployment's secret for this node's reports to the head")
+    p.add_argument("--token-file", metavar="PATH",
+                   help="the head's token file (mode 0600, copied from the head) for this node's reports to the "
+                        "head; default: the DSAGENT_JOIN_TOKEN variable")
     p.add_argument("--device", choices=("cpu", "gpu"))
     p.add_argument("--cpus", type=cpu_list, help="CPU cores this node's workers may use (CPU only)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the head's master port")

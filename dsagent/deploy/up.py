@@ -8,7 +8,6 @@ finds the running deployment a client means.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from functools import cache
@@ -28,14 +27,14 @@ from .launch.options import ServeOptions, ServePlan
 from .launch.spawn import check_compiler, engine_version, launch, pin_interface, record_of
 from .nodes.join import JoinSpec, join_command
 from .nodes.ray import attach_ray
-from .nodes.rollcall import report_address
+from .nodes.rollcall import new_token, report_address
 from .nodes.watch import start_watcher
 from .record.identity import supervisor_alive
 from .record.logs import log_tail
 from .record.names import check_name
 from .record.phase import Progress, live_state
 from .record.state import State
-from .record.store import Deployment, load, update
+from .record.store import Deployment, load, masked, update
 from .status import find
 from .supervise.policy import RestartPolicy
 from .supervise.supervisor import adopt, follow, start_supervisor
@@ -204,8 +203,9 @@ def _start(plan: ServePlan, record: Deployment, spec: ModelSpec, fetched: FetchR
     if head:
         plan = pin_interface(plan)
         record.env = {**record.env, **plan.env}
-        record.master, record.token = f"{opts.node_ip}:{opts.master_port}", secrets.token_urlsafe(12)
-        _tell_nodes(record, opts, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, step)
+        record.master = f"{opts.node_ip}:{opts.master_port}"
+        _tell_nodes(record, opts, spec, fetched.manifest.fingerprint if fetched.manifest else "", peers, settings,
+                    step)
     step(f"serve: {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
     return start_watcher(record, settings, head=True) if head else record
@@ -217,9 +217,14 @@ def _model_ref(spec: ModelSpec) -> str:
 
 
 def _tell_nodes(record: Deployment, opts: ServeOptions, spec: ModelSpec, fingerprint: str, peers: Sequence[str],
-                step: Step) -> None:
-    """Record every node of a multi-node deployment and print the command each must run (built
-    from the head's options as launched)."""
+                settings: Settings, step: Step) -> None:
+    """Make the roll call's token, record every node of a multi-node deployment and print the
+    command each must run (built from the head's options as launched). The token is printed
+    masked; the commands name its file (mode 0600), never the token itself."""
+    record.token, token_file = new_token(settings, record.name)
+    step(f"the nodes' token ({masked(record.token)}) is in {token_file} (mode 0600): copy it to each node keeping "
+         f"its mode (scp -p {token_file} NODE:{token_file}), or set DSAGENT_JOIN_TOKEN there to its content and "
+         "leave out --token-file")
     ip = record.master.rsplit(":", 1)[0]
     # the others watch the head's /health: at its own address when the API listens on every interface
     api = ip if record.host in ("0.0.0.0", "::", "") else record.host
@@ -227,7 +232,7 @@ def _tell_nodes(record: Deployment, opts: ServeOptions, spec: ModelSpec, fingerp
     for rank in range(1, opts.nodes):
         peer = peers[rank - 1] if rank - 1 < len(peers) else None
         cmd = join_command(record, JoinSpec(
-            token=record.token, head=record.master, node_rank=rank, model=_model_ref(spec), nodes=opts.nodes,
+            token_file=str(token_file), head=record.master, node_rank=rank, model=_model_ref(spec), nodes=opts.nodes,
             tp=opts.tp, pp=opts.pp, dp=opts.dp, node_ip=peer, head_url=f"http://{api}:{record.port}",
             vllm_version=record.vllm_version, fingerprint=fingerprint, max_model_len=opts.max_model_len,
             dtype=opts.dtype, dummy_weights=opts.dummy_weights, tokenizer=opts.tokenizer,

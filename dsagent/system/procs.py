@@ -19,6 +19,7 @@ import psutil
 
 from ..errors import StopError
 from ..files import append_private
+from ..settings import SECRETS
 
 __all__ = [
     "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "all_processes", "alive", "cxx_compiler", "end_processes", "engine_env",
@@ -69,8 +70,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 def engine_env(base: Mapping[str, str], **extra: str) -> dict[str, str]:
     """``base`` plus ``extra``, with dsagent importable by another interpreter (``python -m dsagent...``
-    in the engine's environment, which may not have dsagent installed)."""
-    env = {**base, **extra}
+    in the engine's environment, which may not have dsagent installed), less dsagent's secrets
+    (``settings.SECRETS``: a join token stays with ``dsagent join``)."""
+    env = {k: v for k, v in {**base, **extra}.items() if k not in SECRETS}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), base.get("PYTHONPATH")]))
     return env
 

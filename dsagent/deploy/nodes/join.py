@@ -6,6 +6,12 @@ before anything starts, what makes multi-node launches hang or fail later: this 
 its own, the head's master port answers, the vLLM version and the model's content (manifest
 fingerprint) are the head's. Then it starts this node's headless engine (``--headless``, no API
 server) and a watcher (``dsagent.deploy.nodes.watch``) that stops it when the head is gone.
+
+The roll call's token (``rollcall``) never travels in a command line, where ``ps`` shows it to
+every user: the head writes it to ``<home>/deployments/<name>.token`` (mode 0600) and the join
+command names that file (``--token-file``), to be copied to the node with its mode; or the node
+is given it as ``DSAGENT_JOIN_TOKEN``. The node keeps it in its own record (mode 0600), where its
+watcher reads it; neither the engine nor the watcher sees it in its environment.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ..record.names import check_name
 from ..record.phase import wait_for
 from ..record.state import State
 from ..record.store import Deployment
+from .rollcall import check_token, read_token
 from .watch import start_watcher
 
 __all__ = ["JoinSpec", "join", "join_command"]
@@ -59,8 +66,9 @@ class JoinSpec:
     gpu_memory_utilization: float | None = None
     tokenizer: str | None = None
     """The head's ``--tokenizer`` folder (the same path on every node, as the model's)."""
-    token: str = ""
-    """The deployment's secret for this node's reports to the head (``rollcall``)."""
+    token_file: str = ""
+    """The file (mode 0600) holding the deployment's token for this node's reports to the head
+    (``rollcall``); empty: ``DSAGENT_JOIN_TOKEN`` (``Settings.join_token``)."""
 
 
 def join_command(dep: Deployment, spec: JoinSpec) -> str:
@@ -77,7 +85,7 @@ def join_command(dep: Deployment, spec: JoinSpec) -> str:
     argv += ["--kv-cache-gib", str(spec.kv_cache_gib)] if spec.kv_cache_gib else []
     argv += ["--gpu-memory-utilization", str(spec.gpu_memory_utilization)] if spec.gpu_memory_utilization else []
     argv += ["--tokenizer", spec.tokenizer] if spec.tokenizer else []
-    argv += ["--token", spec.token] if spec.token else []
+    argv += ["--token-file", spec.token_file] if spec.token_file else []
     return shlex.join(argv)
 
 
@@ -90,6 +98,19 @@ def _wait_for_master(host: str, port: int, timeout: float) -> None:
                         "start the head first (dsagent up ... --nodes N) and check that this node can reach "
                         f"{host}:{port} (firewall, the address the head printed)", head=f"{host}:{port}",
                         check="master") from None
+
+
+def _token(spec: JoinSpec, settings: Settings) -> str:
+    """This node's token for the head's roll call: ``--token-file``, else ``DSAGENT_JOIN_TOKEN``."""
+    if spec.token_file:
+        return read_token(spec.token_file)
+    if settings.join_token:
+        return check_token(settings.join_token, "DSAGENT_JOIN_TOKEN")
+    raise InvalidOptionError("no token for this node's reports to the head: --token-file is not given and "
+                             "DSAGENT_JOIN_TOKEN is not set",
+                             "copy the token file the head printed to this node, keeping its mode "
+                             "(scp -p HEAD:PATH PATH), and pass --token-file PATH; or set DSAGENT_JOIN_TOKEN "
+                             "to its content", option="--token-file", value=None)
 
 
 def _node_ip(spec: JoinSpec, host: str, port: int) -> str:
@@ -119,6 +140,7 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
                                  value=spec.node_rank)
     check_nodes(spec.tp, spec.pp, spec.dp, spec.nodes)
     ip = _node_ip(spec, host, port)
+    token = _token(spec, settings)
     model = resolve(spec.model)
     o = replace(options or ServeOptions(), tp=spec.tp, pp=spec.pp, dp=spec.dp, nodes=spec.nodes,
                 node_rank=spec.node_rank, node_ip=ip, master_addr=host, master_port=port,
@@ -142,10 +164,10 @@ def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Setti
     port_open = port + 1 if spec.dp > 1 else port
     step(f"waiting for the head at {host}:{port_open}")
     _wait_for_master(host, port_open, master_timeout)
-    return _start(spec, model, o, fetched, version, settings, step)
+    return _start(spec, token, model, o, fetched, version, settings, step)
 
 
-def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResult, version: str,
+def _start(spec: JoinSpec, token: str, model: ModelSpec, o: ServeOptions, fetched: FetchResult, version: str,
            settings: Settings, step: Step) -> Deployment:
     name = check_name(spec.name or model.name)
     plan = plan_serve(name, fetched.path, settings, o, reasoning=model.reasoning, context_limit=model.context_limit,
@@ -154,7 +176,7 @@ def _start(spec: JoinSpec, model: ModelSpec, o: ServeOptions, fetched: FetchResu
     record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
                        revision=fetched.revision)
     record.master, record.head_url = spec.head, spec.head_url
-    record.token = spec.token
+    record.token = token
     step(f"serve (headless, rank {spec.node_rank} of {spec.nodes}): {' '.join(plan.argv[1:])}")
     record = launch(plan, settings, api_key=settings.api_key(), record=record)
     return start_watcher(record, settings)

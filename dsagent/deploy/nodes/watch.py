@@ -83,13 +83,20 @@ def _mine(settings: Settings, name: str, started: float) -> Deployment | None:
 
 
 def _report(dep: Deployment, state: str, reason: str = "", tail: str = "") -> None:
+    """Tell the head (the token comes from this node's 0600 record, never from a command line); a
+    failure is tried three times, as the roll call may be busy (503) for a moment."""
     if not dep.token:
         return
     cap = parse_capacity(log_tail(dep.log_file, 2000))
-    send_report(dep.master, dep.token, NodeReport(
+    report = NodeReport(
         rank=dep.node_rank, ip=dep.env.get("VLLM_HOST_IP", ""), state=state, reason=reason, log_tail=tail,
         kv_tokens=int(cap["kv_cache_tokens"]) if "kv_cache_tokens" in cap else None,
-        kv_cache_gib=cap.get("kv_cache_gib"), gpus=dep.gpus))
+        kv_cache_gib=cap.get("kv_cache_gib"), gpus=dep.gpus)
+    for attempt in range(3 if state == "failed" else 1):
+        if attempt:
+            time.sleep(1.0)
+        if send_report(dep.master, dep.token, report):
+            return
 
 
 def watch(name: str, settings: Settings, *, grace: float = GRACE, interval: float = 1.0) -> State:

@@ -45,6 +45,8 @@ class DeploymentFiles:
     record: Path
     lock: Path
     nodes: Path
+    token: Path
+    """Multi-node, on the head: the roll call's token (mode 0600), what a node's ``--token-file`` reads."""
     log: Path
     watch_log: Path
     supervise_log: Path
@@ -64,5 +66,5 @@ def files(settings: Settings, name: str) -> DeploymentFiles:
     name = check_name(name)
     deps, logs = settings.deployments_dir, settings.logs_dir
     return DeploymentFiles(*(_inside(settings.home, p) for p in (
-        deps / f"{name}.json", deps / f"{name}.lock", deps / f"{name}.nodes",
+        deps / f"{name}.json", deps / f"{name}.lock", deps / f"{name}.nodes", deps / f"{name}.token",
         logs / f"{name}.log", logs / f"{name}.watch.log", logs / f"{name}.supervise.log")))

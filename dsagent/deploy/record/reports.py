@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ...files import private_dir
 from ...settings import Settings
 
 __all__ = ["NodeReport", "failed_node", "load_reports", "store_report"]
@@ -57,6 +58,8 @@ def store_report(settings: Settings, name: str, report: NodeReport) -> None:
         return  # a node's failure stays on record
     reports[report.rank] = report
     path = _path(settings, name)
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({str(k): asdict(v) for k, v in reports.items()}, indent=2))
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps({str(k): asdict(v) for k, v in reports.items()}, indent=2))
     os.replace(tmp, path)

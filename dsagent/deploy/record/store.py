@@ -33,7 +33,7 @@ from ...settings import Settings
 from .names import NAME_RULE, files
 from .state import State
 
-__all__ = ["Deployment", "create", "delete", "list_all", "load", "private_dir", "scan", "update"]
+__all__ = ["Deployment", "create", "delete", "list_all", "load", "masked", "private_dir", "scan", "update"]
 
 
 _VISIBLE = "CUDA_VISIBLE_DEVICES"
@@ -84,8 +84,9 @@ class Deployment:
     """On a joined node: the head's API root, whose ``/health`` says whether the whole is up."""
     watcher_pid: int | None = None
     watcher_started: float | None = None
-    token: str = ""
-    """Multi-node: the secret a node's reports to the head's roll call carry (in the join command)."""
+    token: str = field(default="", repr=False)
+    """Multi-node: the secret a node's reports to the head's roll call carry (``Authorization``
+    header); the head keeps it in ``<name>.token`` too, for the nodes. Shown only ``masked``."""
     restart: dict[str, Any] = field(default_factory=dict)
     """The restart policy (``RestartPolicy`` as a dict) of a supervised deployment; empty when not."""
     supervisor_pid: int | None = None
@@ -117,9 +118,12 @@ class Deployment:
     def root_url(self) -> str:
         return self.base_url.removesuffix("/v1")
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, secrets: bool = False) -> dict[str, Any]:
+        """The record as JSON; the token ``masked`` unless ``secrets`` (the store's own save)."""
         data = asdict(self)
         data["base_url"] = self.base_url
+        if not secrets:
+            data["token"] = masked(self.token)
         return data
 
     @classmethod
@@ -128,6 +132,17 @@ class Deployment:
         dep = cls(**{k: v for k, v in data.items() if k in names})
         dep.state = State(dep.state)
         return dep
+
+
+def masked(secret: str) -> str:
+    """How a secret is shown: its first four characters, enough to tell two apart.
+
+    >>> masked("Zq3xYh0dW2v8s1kE")
+    'Zq3x…'
+    >>> masked("")
+    ''
+    """
+    return f"{secret[:4]}…" if secret else ""
 
 
 @contextlib.contextmanager
@@ -151,7 +166,7 @@ def _write(path: Path, dep: Deployment) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(dep.to_json(), indent=2) + "\n")
+            out.write(json.dumps(dep.to_json(secrets=True), indent=2) + "\n")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -237,8 +252,9 @@ def list_all(settings: Settings) -> list[Deployment]:
 
 
 def delete(settings: Settings, name: str) -> None:
-    """Remove ``name``'s record and its node reports (under the lock; the lock file stays)."""
+    """Remove ``name``'s record, its node reports and its token (under the lock; the lock file stays)."""
     f = files(settings, name)
     with _locked(settings, name):
         f.record.unlink(missing_ok=True)
         f.nodes.unlink(missing_ok=True)
+        f.token.unlink(missing_ok=True)
