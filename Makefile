@@ -20,7 +20,7 @@ PIP_SOURCES := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # break transformers' imports; nothing text-only needs them.
 MISMATCHED := torchvision torchaudio torchcodec
 
-.PHONY: install demo test bench clean stop
+.PHONY: install demo test test-fast bench clean stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Everything that needs no vLLM server (the inner loop, about two minutes): `make test` before a push.
+test-fast: install
+	$(BIN)/python -m pytest -m "not server"
 
 bench: install
 	$(BIN)/python benchmarks/startup.py

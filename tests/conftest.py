@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,15 @@ import pytest
 _HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
 
 
+def _ended_by_signal(signum: int, _frame: object) -> None:
+    """SIGTERM ends the run as Ctrl-C does: pytest unwinds and ``pytest_unconfigure`` stops every
+    deployment this session started (they run in sessions of their own and would outlive it)."""
+    signal.signal(signum, signal.SIG_IGN)  # a second TERM must not cut the cleanup short
+    raise KeyboardInterrupt(f"ended by signal {signum}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _ended_by_signal)
     os.environ["DSAGENT_HOME"] = str(_HOME)
     os.environ.pop("DSAGENT_PYTHON", None)
     os.environ.setdefault("DSAGENT_DEVICE", "cpu")
@@ -47,6 +56,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     from dsagent.settings import Settings
     from dsagent.deploy.stop import stop
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the cleanup runs to its end
     try:
         stop(all=True, settings=Settings.load(_HOME))
     finally:
