@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ import pytest
 
 from dsagent.cli import build_parser
 from dsagent.cli._common import restart_policy, serve_options
-from dsagent.deploy.record.store import Deployment, create
+from dsagent.deploy.record.store import Deployment, create, load
 from dsagent.deploy.supervise.policy import Failure, Monitor, Observation, RestartPolicy, decide
 from dsagent.deploy.supervise.service import parse_unit, render_unit, uninstall, up_command
 from dsagent.deploy.record.state import State
@@ -115,17 +116,31 @@ class FakeNvml:
         return []
 
 
-def test_relaunch_waits_until_the_ended_processes_hold_no_gpu_memory():
+@pytest.fixture
+def pauses(monkeypatch) -> list[float]:
+    """The pauses this test's thread asks ``time.sleep`` for, not slept (other threads still sleep)."""
+    asked: list[float] = []
+    real, me = time.sleep, threading.get_ident()
+    monkeypatch.setattr(time, "sleep", lambda s: asked.append(s) if threading.get_ident() == me else real(s))
+    return asked
+
+
+def test_relaunch_waits_until_the_ended_processes_hold_no_gpu_memory(pauses):
     fake = FakeNvml({101: 70.5, 999: 1.0}, polls=3)
     assert memory_holders(lambda: fake) == {101: 70.5, 999: 1.0}
-    took = wait_gpu_free({101, 102}, interval=0.01, holders=lambda: memory_holders(lambda: fake))
-    assert fake.reads == 4 and took >= 0.02  # reads 2 and 3 still listed 101, read 4 did not
+    wait_gpu_free({101, 102}, interval=0.01, holders=lambda: memory_holders(lambda: fake))
+    assert fake.reads == 4 and pauses == [0.01, 0.01]  # reads 2 and 3 still listed 101, read 4 did not
+    pauses.clear()
+    wait_gpu_free({1}, holders=lambda: None)
+    assert pauses == []  # a CPU machine: nothing to wait for
+
+
+def test_relaunch_gives_up_on_memory_that_stays_held():
     stuck = FakeNvml({101: 70.5}, polls=10**6)
     with pytest.raises(StopError, match=r"70.5 GiB\) is still held by ended processes \[101\]") as err:
         wait_gpu_free({101}, timeout=0.05, interval=0.01, holders=lambda: memory_holders(lambda: stuck))
     assert list(err.value.pids) == [101]
     assert memory_holders(lambda: (_ for _ in ()).throw(ImportError("no pynvml"))) is None
-    assert wait_gpu_free({1}, holders=lambda: None) < 1.0  # a CPU machine: nothing to wait for
 
 
 class FailingNvml(FakeNvml):
@@ -142,13 +157,16 @@ class FailingNvml(FakeNvml):
         return []
 
 
-def test_an_nvml_error_is_unknown_never_free():
+def test_an_nvml_error_is_unknown_never_free(pauses):
     """The old reading took an NVML error for "nothing held" and relaunched at once."""
     said: list[str] = []
     flaky = FailingNvml(fails=3)
-    took = wait_gpu_free({101}, interval=0.01, holders=lambda: memory_holders(lambda: flaky), on_unknown=said.append)
-    assert flaky.reads == 4 and took >= 0.01 + 0.02 + 0.04  # backed off while unknown, then free
+    wait_gpu_free({101}, interval=0.01, holders=lambda: memory_holders(lambda: flaky), on_unknown=said.append)
+    assert flaky.reads == 4 and pauses == [0.01, 0.02, 0.04]  # backed off (doubling) while unknown, then free
     assert len(said) == 1 and "NVML could not list" in said[0] and "NVML_ERROR_UNKNOWN" in said[0]
+
+
+def test_an_nvml_error_that_lasts_is_refused_after_the_bound():
     broken = FailingNvml(fails=10**6)
     with pytest.raises(StopError, match=r"is unknown after 0 s \(NVML could not list"):
         wait_gpu_free({101}, timeout=0.05, interval=0.01, holders=lambda: memory_holders(lambda: broken))
@@ -255,58 +273,70 @@ def test_service_install_print_and_uninstall_through_the_cli(cli, tmp_path):
 
 def test_a_call_refused_during_a_restart_waits_for_ready_and_is_sent_again(tmp_settings):
     """``ride_through`` with a record whose supervisor and (later) API server are real ``sleep``
-    processes and whose ``/health`` is a loopback HTTP server: the first call is refused while the
-    deployment restarts, the second goes out once it is ready. Unsupervised: the error at once."""
-    import threading
+    processes and whose ``/health`` is a loopback HTTP server. The restart is played in steps, each
+    after the event it follows (no clock): the first call is refused; then the relaunch is recorded
+    (starting, /health 503); once the waiting client has probed it, /health answers; once it has
+    probed that, the "supervisor" records it ready. The second call must find the record ready.
+    Unsupervised: the error at once."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import httpx
 
     from dsagent.clients.ride import ride_through
 
+    up, refused, probed = threading.Event(), threading.Event(), {503: threading.Event(), 200: threading.Event()}
+
     class Health(BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200)
+            code = 200 if up.is_set() else 503
+            self.send_response(code)
             self.end_headers()
+            probed[code].set()
 
         def log_message(self, *args):
             pass
 
     http = ThreadingHTTPServer(("127.0.0.1", 0), Health)
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    sup, api = subprocess.Popen(["sleep", "30"]), subprocess.Popen(["sleep", "30"])
+    sup, api = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
     try:
         dep = _record(tmp_settings, supervisor_pid=sup.pid, supervisor_started=started_at(sup.pid),
                       restart=P.to_dict(), state=State.RESTARTING)
         dep.port = http.server_address[1]
         create(tmp_settings, dep)
 
-        def relaunched():  # as the supervisor does: relaunch, then record ready once /health answers
-            time.sleep(1.0)
+        def supervisor() -> None:
+            if not refused.wait(30):
+                return
             dep.pid, dep.started_at, dep.state = api.pid, started_at(api.pid), State.STARTING
             dep.leader_started = dep.started_at
-            create(tmp_settings, dep)
-            time.sleep(0.5)
-            dep.state = State.READY
-            create(tmp_settings, dep)
+            create(tmp_settings, dep)  # relaunched, not answering yet
+            if not probed[503].wait(30):
+                return
+            up.set()
+            if probed[200].wait(30):
+                dep.state = State.READY  # what the supervisor records once it has seen /health answer
+                create(tmp_settings, dep)
 
-        threading.Thread(target=relaunched, daemon=True).start()
-        calls = []
+        threading.Thread(target=supervisor, daemon=True).start()
+        seen: list[State] = []
 
         def call():
-            calls.append(time.monotonic())
-            if len(calls) == 1:
+            if not refused.is_set():
+                refused.set()
                 raise httpx.ConnectError("refused")
+            seen.append(load(tmp_settings, "sup").state)
             return "answer"
 
         home = str(tmp_settings.home)
         assert ride_through(call, name="sup", home=home, timeout=30) == "answer"
-        assert len(calls) == 2 and calls[1] - calls[0] >= 0.9  # sent again only once it was ready
+        assert seen == [State.READY]  # sent again once, and only once it was recorded ready
         with pytest.raises(httpx.ConnectError):  # ready now: a refused call is not a restart
             ride_through(lambda: (_ for _ in ()).throw(httpx.ConnectError("x")), name="sup", home=home, timeout=30)
         with pytest.raises(httpx.ConnectError):
             ride_through(lambda: (_ for _ in ()).throw(httpx.ConnectError("x")), name="nope", home=home, timeout=30)
     finally:
+        up.set()
         http.shutdown()
         for p in (sup, api):
             p.kill()
