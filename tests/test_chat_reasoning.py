@@ -4,8 +4,9 @@ The responses come from ``ReplayServer``: a loopback HTTP server that stands for
 OpenAI server serving a DeepSeek-R1 distill (which cannot run on this CPU machine). It answers
 /v1/chat/completions with responses shaped like vLLM's: the reasoning in ``reasoning`` (current
 vLLM), in ``reasoning_content`` (before 2026), or left in the content as ``<think>...</think>``
-(no reasoning parser), streamed or not; and it can stall to test timeouts. The clients are the
-real openai SDK inside the real LangChain classes.
+(no reasoning parser), streamed or not; and it can hold a stream before one of its chunks, until
+the test ends, to test timeouts. The clients are the real openai SDK inside the real LangChain
+classes. Each test gets a server of its own (nothing it sets reaches the next test).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -31,8 +31,9 @@ class ReplayServer:
 
     def __init__(self) -> None:
         self.mode = "reasoning"
-        self.stall = 0.0  # seconds to wait before the first chunk (or between chunks: stall_between)
-        self.stall_between = 0.0
+        self.hold_at: int | None = None  # a stream stops before this chunk (0: the first) until released
+        self.released = threading.Event()
+        self.sent = 0  # chunks written to the last stream
         self.requests: list[dict] = []
         owner = self
 
@@ -59,7 +60,7 @@ class ReplayServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick shutdown
 
     def _message(self) -> dict:
         if self.mode == "reasoning":
@@ -81,24 +82,26 @@ class ReplayServer:
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.end_headers()
-        time.sleep(self.stall)
+        self.sent = 0
         try:
             for i, delta in enumerate(self._deltas()):
+                if i == self.hold_at:
+                    self.released.wait(60)
                 chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
                          "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                 handler.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 handler.wfile.flush()
-                if i == 1:
-                    time.sleep(self.stall_between)
+                self.sent = i + 1
             handler.wfile.write(b"data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
 
     def close(self) -> None:
+        self.released.set()
         self.httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def replay():
     srv = ReplayServer()
     yield srv
@@ -139,11 +142,8 @@ def test_reasoning_lands_in_one_place_stream(replay, backend, mode):
 
 
 def test_r1_system_prompt_is_folded_into_the_user_turn(replay):
-    replay.mode = "reasoning"
-    replay.requests.clear()
     _llm(replay, "deepseek", fold_system=True).invoke([("system", "Answer in one word."), ("human", "Capital of France?")])
-    sent = replay.requests[-1]["messages"]
-    assert sent == [{"role": "user", "content": "Answer in one word.\n\nCapital of France?"}]
+    assert [r["messages"] for r in replay.requests] == [[{"role": "user", "content": "Answer in one word.\n\nCapital of France?"}]]
 
 
 def test_fold_keeps_a_prompt_without_user_turn():
@@ -151,22 +151,21 @@ def test_fold_keeps_a_prompt_without_user_turn():
 
 
 def test_async_stream_first_token_timeout(replay):
-    replay.mode, replay.stall, replay.stall_between = "reasoning", 3.0, 0.0
+    """The server holds the first chunk until the test ends: the timeout, not the stream, ends the wait."""
+    replay.hold_at = 0
     llm = _llm(replay, "deepseek", first_token_timeout=1.0, idle_timeout=10.0)
 
     async def consume():
         async for _ in llm.astream("hi"):
             pass
 
-    t0 = time.monotonic()
     with pytest.raises(StreamTimeoutError, match="no first token within 1 s"):
         asyncio.run(consume())
-    assert time.monotonic() - t0 < 2.9
-    replay.stall = 0.0
+    assert replay.sent == 0  # raised while the server still held every chunk
 
 
 def test_async_stream_idle_timeout(replay):
-    replay.mode, replay.stall, replay.stall_between = "reasoning", 0.0, 3.0
+    replay.hold_at = 2  # two chunks, then nothing until the test ends
     llm = _llm(replay, "deepseek", first_token_timeout=10.0, idle_timeout=1.0)
 
     async def consume():
@@ -175,15 +174,15 @@ def test_async_stream_idle_timeout(replay):
 
     with pytest.raises(StreamTimeoutError, match="stalled for more than 1 s"):
         asyncio.run(consume())
-    replay.stall_between = 0.0
+    assert replay.sent == 2
 
 
 def test_sync_stream_times_out_on_the_socket(replay):
-    replay.mode, replay.stall = "reasoning", 3.0
+    replay.hold_at = 0
     llm = _llm(replay, "openai", first_token_timeout=1.0, idle_timeout=1.0)
     with pytest.raises(StreamTimeoutError):
         list(llm.stream("hi"))
-    replay.stall = 0.0
+    assert replay.sent == 0
 
 
 def test_think_splitter_handles_tags_split_anywhere():
