@@ -4,8 +4,6 @@ anything is written or signalled (the CLI, the library and the MCP server)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import time
 
 import psutil
 import pytest
@@ -13,6 +11,8 @@ import pytest
 import dsagent
 from dsagent.deploy.record.names import check_name, files
 from dsagent.errors import InvalidOptionError
+
+import strangers
 
 BAD = ["../x", "/abs", "a/b", "..", ".hidden", "a..b", "x" * 65, "", "a b", "new\nline"]
 
@@ -65,8 +65,9 @@ def test_the_library_refuses_a_bad_name(tmp_settings, name):
 
 
 def test_stop_never_loads_a_json_file_outside_the_home(tmp_path, cli):
-    """A JSON file beside the home that names a live process: ``stop ../../outside`` must not read it."""
-    victim = subprocess.Popen(["setsid", "sleep", "600"])
+    """A JSON file beside the home that names a live process: ``stop ../../outside`` must not read it.
+    The process keeps every signal sent to it (tests/strangers.py): none may be pending after."""
+    victim = strangers.start()
     try:
         home = tmp_path / "home"
         (home / "deployments").mkdir(parents=True)
@@ -77,8 +78,7 @@ def test_stop_never_loads_a_json_file_outside_the_home(tmp_path, cli):
             "started_at": started, "leader_started": started}))
         out = cli("stop", "../../outside", env={"DSAGENT_HOME": str(home)})  # <home>/deployments/../../outside.json
         assert out.returncode == 2 and "is not allowed" in out.stderr
-        time.sleep(0.3)
-        assert victim.poll() is None
+        assert strangers.untouched(victim.pid), strangers.pending(victim.pid)
     finally:
         victim.kill()
         victim.wait()

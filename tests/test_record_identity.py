@@ -1,13 +1,17 @@
 """One process identity: only processes proven ours are signalled (``deploy.record.identity``).
 
-Strangers are real processes here: ``setsid sleep`` groups whose numbers a stale record holds, as
-the kernel's pid reuse would hand them out. Ours is a real session leader started the way a launch
-starts vLLM (``procs.spawn``), recorded with its pid and start time.
+Strangers are real processes here (tests/strangers.py): groups whose numbers a stale record
+holds, as the kernel's pid reuse would hand them out, that block every signal they can, so one
+sent to them stays pending where the test reads it (no sleep that hopes it would have landed).
+Ours is a real session leader started the way a launch starts vLLM (``procs.spawn``), recorded
+with its pid and start time.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -22,6 +26,8 @@ from dsagent.deploy.record.store import Deployment, create, load
 from dsagent.deploy.stop import stop
 from dsagent.system.procs import spawn
 
+import strangers
+
 
 def _record(settings, name: str, **kw) -> Deployment:
     dep = Deployment(name=name, model="m", model_path="/m", host="127.0.0.1", port=1, api_key_file="/k",
@@ -32,19 +38,12 @@ def _record(settings, name: str, **kw) -> Deployment:
 
 @pytest.fixture
 def stranger():
-    """A foreign process group: ``setsid sleep`` (its pid is its group's id), started now."""
-    proc = subprocess.Popen(["setsid", "sleep", "600"])
-    deadline = time.monotonic() + 10
-    while psutil.Process(proc.pid).name() != "sleep" and time.monotonic() < deadline:
-        time.sleep(0.01)  # setsid execs sleep in place: same pid, a new session and group
-    assert psutil.Process(proc.pid).name() == "sleep" and psutil.Process(proc.pid).pid == proc.pid
+    """A foreign process group (its pid is its group's id), started now, keeping every signal sent to it."""
+    proc = strangers.start()
+    assert os.getpgid(proc.pid) == proc.pid
     yield proc
     proc.kill()
     proc.wait()
-
-
-def _alive(proc: subprocess.Popen) -> bool:
-    return proc.poll() is None
 
 
 def _gone(proc: psutil.Process) -> bool:
@@ -66,8 +65,8 @@ def test_a_foreign_group_with_the_recorded_pgid_survives_stop_name(tmp_settings,
     assert json.loads(out.stdout)["state"] == "stale", out.stderr
     out = cli("stop", "old", env={"DSAGENT_HOME": str(tmp_settings.home)})
     assert out.returncode == 0 and "stale record is removed" in out.stdout, out.stderr
-    time.sleep(0.3)  # a TERM, had one been sent, would have ended sleep by now
-    assert _alive(stranger) and load(tmp_settings, "old") is None
+    assert strangers.untouched(stranger.pid), strangers.pending(stranger.pid)  # not signalled, not ended
+    assert load(tmp_settings, "old") is None
 
 
 def test_a_foreign_group_survives_stop_all_when_the_leader_pid_is_another_process(tmp_settings, stranger):
@@ -75,13 +74,13 @@ def test_a_foreign_group_survives_stop_all_when_the_leader_pid_is_another_proces
     and the record claims the stranger started after its launch: still nothing of it is ours."""
     started = psutil.Process(stranger.pid).create_time() - 1.0
     _record(tmp_settings, "reused", pid=stranger.pid, pgid=stranger.pid, started_at=started, leader_started=started)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    other = strangers.start(session=False)
     try:
         _record(tmp_settings, "reused2", pid=other.pid, pgid=stranger.pid, started_at=started, leader_started=started)
         results = {r.name: r for r in stop(all=True, settings=tmp_settings, grace=2.0)}
         assert results["reused"].removed and results["reused2"].removed and not results["reused"].ended
-        time.sleep(0.3)
-        assert _alive(stranger) and _alive(other)
+        assert strangers.untouched(stranger.pid) and strangers.untouched(other.pid), (
+            strangers.pending(stranger.pid), strangers.pending(other.pid))
     finally:
         other.kill()
         other.wait()
@@ -107,18 +106,16 @@ def test_our_own_tree_is_stopped_whole(tmp_settings):
 def test_a_strangers_orphaned_engine_is_not_ours_to_reap(tmp_settings, cli):
     """A process titled like a vLLM engine, re-parented away from its starter, that no record of
     this home names: `ps` does not list it and `stop --orphans` leaves it running."""
-    out = subprocess.run(["setsid", "bash", "-c", "exec -a VLLM::EngineCore sleep 600 >/dev/null 2>&1 & echo $!"],
-                         capture_output=True, text=True, timeout=10)
+    line = f"exec -a VLLM::EngineCore {sys.executable} -c {shlex.quote(strangers.BLOCKING)} >/dev/null 2>&1 & echo $!"
+    out = subprocess.run(["setsid", "bash", "-c", line], capture_output=True, text=True, timeout=10)
     pid = int(out.stdout.strip())
     try:
-        deadline = time.monotonic() + 10
-        while psutil.Process(pid).cmdline()[:1] != ["VLLM::EngineCore"] and time.monotonic() < deadline:
-            time.sleep(0.01)
+        strangers.wait_blocking(pid)
+        assert psutil.Process(pid).cmdline()[0] == "VLLM::EngineCore" and psutil.Process(pid).ppid() != os.getpid()
         env = {"DSAGENT_HOME": str(tmp_settings.home)}
         orphans = json.loads(cli("ps", "--json", env=env).stdout)["orphans"]
         assert pid not in {o["pid"] for o in orphans}
         assert cli("stop", "--orphans", env=env).returncode == 0
-        time.sleep(0.3)
-        assert psutil.Process(pid).is_running() and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert strangers.untouched(pid), strangers.pending(pid)
     finally:
         psutil.Process(pid).kill()
