@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 
 import dsagent
 
-FRENCH = re.compile(r"\b(j'|j’|je|aime|adore|programmation|programmer|le|la|les|est)\b", re.IGNORECASE)
-
-
-def is_french_for_i_love_programming(text: str) -> bool:
-    """A French rendering, not the English text echoed back (with other case or punctuation).
-
-    >>> is_french_for_i_love_programming("I love programming!"), is_french_for_i_love_programming("J'aime programmer.")
-    (False, True)
-    """
-    plain = re.sub(r"[^a-z ]", "", text.lower()).strip()
-    return plain != "i love programming" and "love" not in plain and bool(FRENCH.search(text))
+from answers import are_names, is_french_for_i_love_programming
 
 
 def test_ask_capital(server):
@@ -31,8 +20,7 @@ def test_translate_returns_french_text(server):
 
 def test_suggest_names_returns_distinct_names(server):
     names = dsagent.suggest_names("a nickname for a baby boy", n=3)
-    assert len(names) == 3 == len(set(names))
-    assert all(re.fullmatch(r"[A-Z][A-Za-z'-]{1,15}", n) for n in names)
+    assert len(names) == 3 and are_names(names), names
 
 
 def test_local_deepseek_is_bound_to_the_deployment(server):
@@ -54,14 +42,17 @@ async def test_async_and_batch_forms(server):
     answers = recipes.ask_batch(["What is the capital of France?"] * 3)
     assert len(answers) == 3 and all("Paris" in a for a in answers)
     names = await recipes.asuggest_names("a nickname for a baby boy", n=2)
-    assert len(names) == 2 == len(set(names))
+    assert len(names) == 2 and are_names(names), names
 
 
 def test_chains_compose_with_lcel(server):
     from dsagent.clients import recipes
 
-    chain = recipes.translate_chain() | (lambda s: s.upper())
-    assert chain.invoke({"text": "I love programming.", "to": "French"}).isupper()
+    seen: list[str] = []
+    chain = recipes.translate_chain() | (lambda s: seen.append(s) or s.upper())
+    out = chain.invoke({"text": "I love programming.", "to": "French"})
+    assert len(seen) == 1 and is_french_for_i_love_programming(seen[0]), seen  # the translation reached the step
+    assert out == seen[0].upper()  # and the step's result is the chain's
 
 
 def test_no_deployment_names_the_command(tmp_settings):
@@ -103,7 +94,7 @@ def test_recipe_scripts_run_against_the_server(server):
     assert "human: What is 3 + 4?" in run(sys.executable, str(root / "agent.py"), "What is 3 + 4?", "--mcp", mcp_server)
     assert "Paris" in run(sys.executable, str(root / "qa.py"), "What is the capital of France?")
     names = run(sys.executable, str(root / "naming.py"), "a nickname for a baby boy", "-n", "2").split()
-    assert len(names) == 2 and all(n[:1].isupper() for n in names)
+    assert len(names) == 2 and are_names(names), names
     # greedy (--temperature 0) and bounded: the tiny model can repeat itself up to the context limit
     greedy = ("--max-tokens", "64", "--temperature", "0")
     assert "Paris" in run(sys.executable, str(root / "call_openai_sdk.py"), *greedy)
