@@ -98,17 +98,37 @@ async def test_no_deployment_is_a_tool_error_that_names_the_command(tmp_path):
 
 @pytest.mark.timeout(SERVER_START + 120)
 async def test_up_attaches_to_a_running_deployment_and_leaves_it_running(server, settings):
-    """--up when the model already runs: it attaches, and on exit stops nothing it did not start."""
+    """--up when the model already runs: it attaches, and on exit stops nothing it did not start.
+    Checked once the MCP server process has exited (whatever it stops on exit is stopped by then)."""
+    import psutil
+
     from dsagent.system.procs import alive
+    from dsagent.deploy.record.phase import live_state
+    from dsagent.deploy.record.state import State
+    from dsagent.deploy.record.store import load
+
+    def mcp_children() -> list[psutil.Process]:
+        out = []
+        for child in psutil.Process().children():
+            try:
+                cmd = child.cmdline()
+            except psutil.Error:
+                continue
+            if "mcp" in cmd and "--up" in cmd:
+                out.append(child)
+        return out
 
     with anyio.fail_after(90):
         async with Client(stdio_params(settings.home, "--up", "--wait", "20")) as client:
+            children = mcp_children()
+            assert len(children) == 1, children
             out = await client.call_tool("ask", {"question": "What is the capital of France?", "max_tokens": 32})
             assert not out.is_error, text(out)
             status = (await client.call_tool("deployment_status", {})).structured_content
             assert status["started_by_this_mcp_server"] is False
-    await anyio.sleep(1)
-    assert alive(server.pid)
+    _, left = await anyio.to_thread.run_sync(lambda: psutil.wait_procs(children, timeout=30))
+    assert not left, left  # the MCP server has exited
+    assert alive(server.pid) and live_state(load(settings, server.name)) == State.READY
 
 
 def test_config_snippets_have_absolute_paths_and_the_home(cli, settings):
