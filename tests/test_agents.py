@@ -110,20 +110,29 @@ def test_thinking_budget_leaves_a_model_that_does_not_think_alone(server):
 
 @pytest.mark.parametrize("backend", ["deepseek", "openai"])
 def test_one_instance_from_two_event_loops(server, backend):
-    """Two ``asyncio.run`` calls with one instance (stock ChatOpenAI: "Event loop is closed")."""
+    """Two ``asyncio.run`` calls with one instance (stock ChatOpenAI: "Event loop is closed"); in
+    each loop both the stream and the call bring text."""
     llm = local_deepseek(backend=backend, temperature=0, max_tokens=8)
 
-    async def call() -> str:
+    async def call() -> tuple[str, str]:
         streamed = "".join([c.content async for c in llm.astream("Say hi.")])
-        return (await llm.ainvoke("Say hi.")).content + streamed
+        return (await llm.ainvoke("Say hi.")).content, streamed
 
-    assert asyncio.run(call()).strip()
-    assert asyncio.run(call()).strip()
+    for loop, (invoked, streamed) in enumerate((asyncio.run(call()), asyncio.run(call())), 1):
+        assert invoked.strip() and streamed.strip(), (loop, invoked, streamed)
     assert local_deepseek(backend=backend, temperature=0, max_tokens=8).invoke("Say hi.").content.strip()
 
 
-def test_stock_chatopenai_fails_on_the_second_event_loop(server):
-    """The control for the test above: the failure dsagent's classes avoid is real here."""
+UPSTREAM_LOOP_BUG = ("langchain-ai/langchain#35783 (Bug: @lru_cache-ed async httpx client causes "
+                     "APIConnectionError across event loops): stock ChatOpenAI's second asyncio.run "
+                     "raises 'Event loop is closed'")
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=UPSTREAM_LOOP_BUG)
+def test_stock_chatopenai_works_from_a_second_event_loop(server):
+    """The control for the test above: what dsagent's per-loop client works around. Expected to
+    fail while the upstream bug lasts; the day stock ChatOpenAI passes, this XPASS fails the suite
+    (strict), and ``_bind_loop`` in dsagent/clients/chat.py can go."""
     from langchain_openai import ChatOpenAI
 
     ours = local_deepseek(backend="openai", max_tokens=4)
@@ -132,6 +141,11 @@ def test_stock_chatopenai_fails_on_the_second_event_loop(server):
     async def call() -> str:
         return (await stock.ainvoke("Say hi.")).content
 
-    assert asyncio.run(call())
-    with pytest.raises(RuntimeError, match="Event loop is closed"):
-        asyncio.run(call())
+    assert asyncio.run(call()).strip()
+    try:
+        second = asyncio.run(call())
+    except RuntimeError as exc:
+        if "Event loop is closed" not in str(exc):  # only the known bug is the expected failure
+            raise AssertionError(f"not the upstream bug: {exc!r}") from exc
+        raise
+    assert second.strip()
