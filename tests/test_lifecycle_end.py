@@ -10,8 +10,10 @@ import time
 import pytest
 
 from dsagent.system.ports import port_is_free
-from dsagent.system.procs import MARK, vllm_processes
+from dsagent.system.procs import MARK, alive, vllm_processes
 from dsagent.deploy.record.identity import processes_of
+from dsagent.deploy.record.phase import live_state
+from dsagent.deploy.record.state import State
 from dsagent.deploy.record.store import load
 from dsagent.deploy.launch.options import ServeOptions
 from dsagent.deploy.up import up
@@ -31,28 +33,33 @@ def test_stop_leaves_no_process_and_frees_the_port(server, settings, cli):
     assert json.loads(cli("status", server.name, "--json").stdout)["state"] == "stopped"
 
 
-def test_local_deepseek_waits_for_a_starting_server_then_a_crash_is_reported_and_reaped(settings, cli):
-    """One fresh server: local_deepseek() waits while it starts; after SIGKILL of its API server
-    the crash is reported at once; `dsagent stop` then leaves no vLLM process."""
+def test_local_deepseek_waits_for_a_starting_server_then_a_crash_is_reported_and_reaped(settings, cli, monkeypatch):
+    """One fresh deployment of its own name: local_deepseek() waits while it starts (it returns
+    with the record ready, written by that wait); after SIGKILL of its API server the crash is
+    reported without any wait; `dsagent stop` then leaves no vLLM process. Whether the session
+    server still runs does not matter (the deployment is named)."""
     import dsagent
+    from dsagent.deploy import up as up_module
     from dsagent.errors import DeploymentError, NoDeploymentError
 
-    dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, wait_ready=False)
-    assert dep.state == "starting"
-    t0 = time.monotonic()
-    llm = dsagent.local_deepseek(settings=settings, temperature=0, max_tokens=20)
-    assert time.monotonic() - t0 > 5  # it really waited for the start
+    dep = up(options=ServeOptions(port=0, device="cpu"), name="waiter", settings=settings, wait_ready=False)
+    assert dep.state == "starting" and live_state(load(settings, "waiter")) != State.READY
+    llm = dsagent.local_deepseek("waiter", settings=settings, temperature=0, max_tokens=20)
+    dep = load(settings, "waiter")
+    assert dep.state == "ready" and dep.measured.get("seconds_to_ready", 0) > 0  # the record its wait wrote
     assert "Paris" in llm.invoke("What is the capital of France?").content
-    dep = load(settings, dep.name)
-    assert dep.state == "ready"
 
     os.kill(dep.pid, signal.SIGKILL)
-    time.sleep(1)
-    t0 = time.monotonic()
+    deadline = time.monotonic() + 60
+    while alive(dep.pid):  # reaps it: this process launched it
+        assert time.monotonic() < deadline, f"pid {dep.pid} outlived SIGKILL by 60 s"
+        time.sleep(0.05)
+    waits: list[str] = []
+    monkeypatch.setattr(up_module, "follow", lambda d, *a, **k: waits.append(d.name))  # reported, never waited on
     with pytest.raises(DeploymentError) as info:
-        dsagent.local_deepseek(settings=settings)
+        dsagent.local_deepseek("waiter", settings=settings)
     assert not isinstance(info.value, NoDeploymentError) and "crashed" in str(info.value)
-    assert time.monotonic() - t0 < 10
+    assert waits == []
     survivors = [p for p in processes_of(dep) if p.name.startswith("VLLM::")]
     assert survivors, "the engine survives its API server (this is what stop must clean up)"
     assert json.loads(cli("status", dep.name, "--json").stdout)["state"] == "crashed"
