@@ -35,7 +35,7 @@ async def test_up_starts_in_the_background_and_exit_leaves_no_process(settings, 
     t0 = time.monotonic()
     async with Client(stdio_params(home, "--up", "--wait", "2")) as client:
         handshake = time.monotonic() - t0
-        assert handshake < 30, f"initialize took {handshake:.1f} s: it waited for the model"
+        # the handshake did not wait for the model: the first call after it finds the model starting
         early = await client.call_tool("ask", {"question": "What is the capital of France?", "max_tokens": 16})
         assert early.is_error and "model is starting" in text(early) and "try again in" in text(early), text(early)
 
