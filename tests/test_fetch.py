@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
 from dsagent.plan.catalog import resolve
@@ -79,11 +80,18 @@ def test_a_conversion_killed_midway_leaves_no_model_and_is_redone(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "dsagent.cli", "fetch", "smollm2-135m-instruct"],
                             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     models = home / "models"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(models.glob(".staging-*")) and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(3)  # well inside the ~20 s conversion
-    assert proc.poll() is None
+
+    def converting() -> bool:  # the converter child runs (the staging folder is made just before it)
+        try:
+            return any("dsagent.weights.convert" in k.cmdline() for k in psutil.Process(proc.pid).children())
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + 120
+    while not converting():
+        assert proc.poll() is None and time.monotonic() < deadline, "no conversion started"
+        time.sleep(0.05)
+    assert list(models.glob(".staging-*")) and not (models / "smollm2-135m-instruct").exists()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (models / "smollm2-135m-instruct").exists()
