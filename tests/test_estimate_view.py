@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 
@@ -29,9 +30,13 @@ def test_json_contract(capsys):
     rc, out = run(["deepseek-r1-distill-qwen-7b", *BASE, "--max-model-len", "8192", "--tp", "2", "--pp", "1",
                    "--json"], capsys)
     d = json.loads(out)
-    assert rc == 0 and d["fits"] is True
-    for key in ("weights_gib", "kv_cache_gib", "kv_cache_tokens", "max_concurrency", "max_model_len_fit"):
-        assert key in d
+    from dsagent.plan.budget import plan_gpu
+    from dsagent.plan.catalog import resolve
+
+    plan = plan_gpu(dict(resolve("deepseek-r1-distill-qwen-7b").config), gpu_memory_gib=79.18, gpu_memory_utilization=0.9,
+                    vllm_version="0.19.0", max_model_len=8192, tp=2, pp=1, gpus=2)
+    assert rc == 0 and d.pop("model") == "deepseek-r1-distill-qwen-7b"
+    assert d == plan.to_dict() and d["fits"] is True  # the planner's numbers, every one, as JSON
     assert d["detail"]["tp"] == 2 and len(d["detail"]["workers"]) == 1
 
 
@@ -55,15 +60,25 @@ def test_no_vllm_version_plans_the_newest_calibrated_release_and_says_so(capsys)
 def test_config_dir_and_table(tmp_path, capsys):
     from dsagent.plan.catalog import resolve
 
-    (tmp_path / "config.json").write_text(json.dumps(dict(resolve("deepseek-r1-distill-llama-8b").config)))
+    from dsagent.plan.estimate import recommend
+
+    config = dict(resolve("deepseek-r1-distill-llama-8b").config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
     rc, out = run([str(tmp_path), *BASE, "--gpus", "2", "--max-model-len", "8192"], capsys)
-    assert rc == 0 and "verdict: FITS" in out and "|" in out
+    plan = recommend(config, gpu_memory_gib=79.18, gpus=2, max_model_len=8192, vllm_version="0.19.0",
+                     gpu_memory_utilization=0.9)
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].startswith(f"{resolve(str(tmp_path)).name}  vLLM 0.19.0 (v1)  TP {plan.tp} x PP {plan.pp}  79.18 GiB/GPU")
+    assert lines[1].startswith(f"verdict: FITS   KV cache {plan.kv_cache_tokens:,} tokens")
+    assert re.search(r"^ +0 +32 .*\|[WANK.]{50}\|$", out, re.M), out  # the one stage's row and budget bar
 
 
 def test_does_not_fit_shows_reasons_and_suggestions(capsys):
     rc, out = run(["deepseek-r1-distill-llama-70b", *BASE, "--tp", "1", "--max-model-len", "8192", "--json"], capsys)
     d = json.loads(out)
-    assert rc == 1 and d["fits"] is False and d["detail"]["reasons"] and d["detail"]["suggestions"]
+    assert rc == 1 and d["fits"] is False
+    assert d["detail"]["reasons"][0].startswith("no memory left for the KV cache on stage 0"), d["detail"]["reasons"]
+    assert any(s.startswith("more GPUs: ") for s in d["detail"]["suggestions"]), d["detail"]["suggestions"]
 
 
 def test_bad_tp_names_the_fix(capsys):
@@ -95,7 +110,8 @@ def test_reads_visible_gpus(monkeypatch, capsys):
     rc, out = run(["deepseek-r1-distill-qwen-14b", "--vllm-version", "0.19.0", "--max-model-len", "32768",
                    "--json"], capsys)
     d = json.loads(out)
-    assert rc == 0 and d["fits"] and d["detail"]["tp"] * d["detail"]["pp"] <= 2
+    assert rc == 0 and d["fits"]
+    assert d["detail"]["gpu_memory_gib"] == 79.18 and d["detail"]["tp"] * d["detail"]["pp"] == 2  # both, their size
 
 
 def test_nodes_spread_a_model_that_one_node_cannot_hold(capsys):

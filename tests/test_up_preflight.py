@@ -28,8 +28,9 @@ def test_fitting_plan_is_recorded(monkeypatch):
     opts, est = _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu", max_model_len=8192),
                            lambda: "0.26.0", steps.append)
     assert est["fits"] and est["kv_cache_tokens"] > 100_000
-    assert any(s.startswith("plan:") for s in steps)
-    assert opts.max_model_len == 8192
+    assert est["detail"]["gpu_memory_gib"] == 79.18 and est["detail"]["tp"] == 1  # the GPU NVML reports
+    assert len(steps) == 1 and steps[0].startswith("plan: ") and f"{est['kv_cache_tokens']:,} tokens" in steps[0]
+    assert steps[0].endswith(" at 8192") and opts.max_model_len == 8192
 
 
 def test_full_context_that_does_not_fit_is_shortened_and_said(monkeypatch):
@@ -37,14 +38,15 @@ def test_full_context_that_does_not_fit_is_shortened_and_said(monkeypatch):
     steps: list[str] = []
     opts, est = _preflight(resolve("deepseek-r1-distill-qwen-7b"), ServeOptions(device="gpu"), lambda: "0.26.0", steps.append)
     assert est["fits"] and opts.max_model_len is not None and opts.max_model_len < 131072
-    assert any("does not fit; using --max-model-len" in s for s in steps)
+    assert est["detail"]["max_model_len"] == opts.max_model_len and est["detail"]["gpu_memory_gib"] == 23.55
+    assert steps[0] == f"the full 131072-token context does not fit; using --max-model-len {opts.max_model_len}"
 
 
 def test_70b_on_one_gpu_is_refused_with_the_fix(monkeypatch):
     _fake(monkeypatch, 1)
     with pytest.raises(DoesNotFitError) as info:
         _preflight(resolve("deepseek-r1-distill-llama-70b"), ServeOptions(device="gpu", max_model_len=8192), lambda: "0.26.0")
-    assert info.value.remedy
+    assert "more GPUs" in info.value.remedy and "no memory left for the KV cache" in str(info.value)
 
 
 def test_busy_gpus_are_refused(monkeypatch):
