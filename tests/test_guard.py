@@ -35,6 +35,8 @@ def test_every_route_refuses_a_request_without_the_key(server, api_key):
                 r = client.request(method, path, json={} if method == "POST" else None, headers=headers)
                 (open_ if path in OPEN_PATHS else refused).append((method, path, r.status_code))
     assert all(code == 401 for _, _, code in refused), [x for x in refused if x[2] != 401]
+    walked_open = {path for _, path, _ in open_}
+    assert "/health" in walked_open and walked_open == OPEN_PATHS & {path for _, path in routes}  # not vacuous
     assert all(code == 200 for _, _, code in open_), open_
 
 
