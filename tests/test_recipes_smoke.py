@@ -102,4 +102,4 @@ def test_recipe_scripts_run_against_the_server(server):
     assert is_french_for_i_love_programming(run(sys.executable, str(root / "call_chatdeepseek.py"), *greedy))
     reply = json.loads(run("bash", str(root / "call_curl.sh")))  # the server's own sampling
     assert reply["object"] == "chat.completion" and reply["model"] == server.name
-    assert reply["choices"][0]["message"]["content"].strip()
+    assert "Paris" in reply["choices"][0]["message"]["content"], reply  # its default question, answered
