@@ -119,3 +119,12 @@ def test_a_strangers_orphaned_engine_is_not_ours_to_reap(tmp_settings, cli):
         assert strangers.untouched(pid), strangers.pending(pid)
     finally:
         psutil.Process(pid).kill()
+
+
+def test_a_record_of_an_older_dsagent_is_still_stopped_whole(tmp_settings):
+    """Records written before the leader's start time was kept have only the launch's clock."""
+    proc = spawn(["sleep", "600"], {"PATH": "/usr/bin:/bin"}, tmp_settings.logs_dir / "legacy.log")
+    _record(tmp_settings, "legacy", pid=proc.pid, pgid=proc.pid, started_at=time.time())  # no leader_started
+    assert [p.pid for p in processes_of(load(tmp_settings, "legacy"))] == [proc.pid]
+    (res,) = stop("legacy", settings=tmp_settings, grace=5.0)
+    assert proc.wait(timeout=10) == -15 and [p.pid for p in res.ended] == [proc.pid]

@@ -57,13 +57,13 @@ def started_at(pid: int) -> float | None:
         return None
 
 
-def same_process(pid: int | None, started: float | None) -> bool:
+def same_process(pid: int | None, started: float | None, within: float = SAME_START) -> bool:
     """True while ``pid`` runs and is the process that started at ``started`` (not a reuse).
     Without a recorded start time nothing is proven: ``False``."""
     if not pid or started is None or not alive(pid):
         return False
     when = started_at(pid)
-    return when is not None and abs(when - started) < SAME_START
+    return when is not None and abs(when - started) < within
 
 
 def _launched(dep: Deployment) -> float:
@@ -71,8 +71,15 @@ def _launched(dep: Deployment) -> float:
     return dep.leader_started or (dep.started_at or 0.0) - 2.0
 
 
+LEGACY_START = 10.0
+"""A record written before dsagent kept the leader's start time has only the launch's clock: its
+leader is the process of that pid started within this many seconds of it (what the old rule took)."""
+
+
 def leader_alive(dep: Deployment) -> bool:
     """True while the deployment's own API server runs (pid and start time as recorded)."""
+    if dep.leader_started is None and dep.started_at is not None:  # a record of an older dsagent
+        return same_process(dep.pid, dep.started_at, within=LEGACY_START)
     return same_process(dep.pid, dep.leader_started)
 
 
