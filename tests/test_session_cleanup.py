@@ -27,13 +27,21 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _as_from_a_terminal() -> None:
+    """The child handles SIGINT as a run started from a terminal does, also when this suite itself
+    was started in the background (a shell's ``&`` starts it with SIGINT ignored, and a child keeps
+    what it inherits)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_run_ended_by_a_signal_stops_what_it_started(sig):
     env = {k: v for k, v in os.environ.items() if k != "DSAGENT_HOME"}
     child = subprocess.Popen([sys.executable, "-m", "pytest", str(TESTS / "leak_probe.py"), "-s", "-q", "-p",
                               "no:cacheprovider", "-p", "no:randomly", "--rootdir", str(TESTS.parent)],
-                             cwd=TESTS.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             cwd=TESTS.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=_as_from_a_terminal)
     pid = None
     try:
         for line in child.stdout:
