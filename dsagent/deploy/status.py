@@ -145,4 +145,4 @@ def status(name: str | None = None, *, settings: Settings | None = None) -> dict
 
 def orphans(settings: Settings) -> list[ProcInfo]:
     """Processes of this home's deployments whose API server is gone (``identity.orphans``)."""
-    return identity_orphans(settings, list_all(settings))
+    return identity_orphans(list_all(settings))

@@ -32,7 +32,6 @@ import psutil
 from ...system.procs import MARK, ProcInfo, alive, all_processes, end_processes
 
 if TYPE_CHECKING:
-    from ...settings import Settings
     from .store import Deployment
 
 __all__ = [
@@ -145,11 +144,10 @@ def end(dep: Deployment, *, grace: float = 15.0, spare: Sequence[int] = ()) -> l
     return ended
 
 
-def orphans(settings: Settings, deployments: Sequence[Deployment]) -> list[ProcInfo]:
+def orphans(deployments: Sequence[Deployment]) -> list[ProcInfo]:
     """Processes of this home's deployments whose API server is gone (what ``dsagent ps`` lists
     and ``dsagent stop --orphans`` ends), each carrying its deployment's mark in ``deployment``.
     A stranger's process, orphaned or not, is never one of them."""
-    del settings
     procs = all_processes()
     out = []
     for dep in deployments:
