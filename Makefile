@@ -40,12 +40,18 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m dsagent.demo
 
+# Two pytest-xdist workers: one takes every file that uses the session's vLLM server (one start),
+# the other everything else; each worker's vLLM servers compute on a core of their own
+# (tests/conftest.py). pytest-randomly shuffles the order and prints its seed at the top:
+#   make test TEST_ARGS="-n 2 --randomly-seed=N"   repeats that order
+#   make test TEST_ARGS="-p no:randomly"           one process, file order
+TEST_ARGS ?= -n 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(TEST_ARGS)
 
-# Everything that needs no vLLM server (the inner loop, about two minutes): `make test` before a push.
+# Everything that needs no vLLM server (the inner loop, about a minute): `make test` before a push.
 test-fast: install
-	$(BIN)/python -m pytest -m "not server"
+	$(BIN)/python -m pytest $(TEST_ARGS) -m "not server"
 
 bench: install
 	$(BIN)/python benchmarks/startup.py

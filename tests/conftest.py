@@ -11,6 +11,7 @@ marker, set here from its fixtures, so ``pytest -m "not server"`` is the quick s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -37,11 +38,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("DSAGENT_PYTHON", None)
     os.environ.setdefault("DSAGENT_DEVICE", "cpu")
     config.addinivalue_line("markers", "lifecycle_end: stops or kills the session server; runs last")
+    if worker := getattr(config, "workerinput", {}).get("workerid"):  # pytest-xdist: gw0, gw1, ...
+        # each worker's vLLM servers compute on a core of their own (vLLM's "auto" binds every one to core 0)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(int(worker[2:]) % len(os.sched_getaffinity(0))))
     if config.pluginmanager.hasplugin("benchmark"):  # LangChain's test_init_time: speed lives in benchmarks/
         config.option.benchmark_disable = True
 
 
 SERVER_FIXTURES = {"server", "api_key", "http_server", "fetched"}
+_PARAMS = re.compile(r"def \w+\(([^)]*)\)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,6 +55,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if uses or item.get_closest_marker("lifecycle_end"):
             item.add_marker(pytest.mark.server)
     items.sort(key=lambda item: item.get_closest_marker("lifecycle_end") is not None)
+
+
+def session_server_files(tests: Path) -> set[str]:
+    """The test files (relative to the root) with a test or fixture that takes the session server
+    (read from their source: pytest-xdist's controller schedules before any worker has collected)."""
+    out = set()
+    for path in tests.glob("test_*.py"):
+        src = path.read_text()
+        if "lifecycle_end" in src or any(SERVER_FIXTURES & {p.split(":")[0].split("=")[0].strip() for p in
+                                                             params.split(",")} for params in _PARAMS.findall(src)):
+            out.add(f"{tests.name}/{path.name}")
+    return out
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Under ``-n N``: every file that uses the session's server goes to one worker, which starts
+    that server once and runs them in file order (``lifecycle_end`` last); the Ray tests share one
+    worker (one cluster at a time); every other test goes to whichever worker is free.
+
+    (xdist's own ``--dist loadgroup`` marks its groups by rewriting ``item._nodeid``, which pytest 9
+    no longer reads, so its groups fall apart into single tests.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    together = dict.fromkeys(session_server_files(Path(config.rootpath) / "tests"), "session-server")
+    together["tests/test_ray.py"] = "ray"
+
+    class Together(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return together.get(nodeid.split("::", 1)[0], nodeid)
+
+    return Together(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -124,6 +124,27 @@ def test_an_unreachable_source_gets_the_mirror_and_source_fix(capsys):
     assert "HF_ENDPOINT" in sources.FIX_NETWORK and "--source" in sources.FIX_NETWORK
 
 
+@pytest.mark.parametrize(("where", "url", "rule"), [
+    ("--mirror", "http://", "it names no host"),
+    ("--mirror", "notaurl", "it has no scheme (http:// or https://)"),
+    ("--mirror", "ftp://hf-mirror.com", "its scheme is 'ftp'"),
+    ("HF_ENDPOINT", "hf-mirror.com", "it has no scheme (http:// or https://)"),
+])
+def test_a_malformed_mirror_is_refused_with_its_rule_before_any_request(capsys, monkeypatch, where, url, rule):
+    """Before: httpx's UnsupportedProtocol surfaced with the generic network advice."""
+    with serve(tiny_repo()) as fake:
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
+        if where == "HF_ENDPOINT":
+            monkeypatch.setenv("HF_ENDPOINT", url)
+            rc, out, err = fetch_cli(capsys, REPO)
+        else:
+            rc, out, err = fetch_cli(capsys, REPO, "--source", "mirror,modelscope", "--mirror", url)
+        assert fake.log == []  # not even the source that would have worked was asked
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [f"error: {where} {url!r} is not an http(s) URL: {rule}",
+                                f"  fix: pass the mirror's base address, e.g. {where} https://hf-mirror.com"]
+
+
 def test_a_source_that_fails_before_one_that_works_is_named_once(capsys, monkeypatch):
     dead = _dead_url()
     with serve(tiny_repo()) as fake:

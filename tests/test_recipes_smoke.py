@@ -74,8 +74,11 @@ def test_unknown_deployment_name_is_refused(server):
         dsagent.local_deepseek("deepseek-r1-distill-qwen-7b")
 
 
-def test_recipe_scripts_run_against_the_server(server):
+def test_recipe_scripts_run_against_the_server(server, api_key, tmp_path):
+    """Every script in recipes/ against the session's server; curl is wrapped by a shim that logs
+    its command line before running the real curl, so the key's absence from it is checked."""
     import os
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
@@ -100,6 +103,16 @@ def test_recipe_scripts_run_against_the_server(server):
     assert "Paris" in run(sys.executable, str(root / "call_openai_sdk.py"), *greedy)
     assert "Paris" in run(sys.executable, str(root / "call_chatopenai.py"), *greedy)
     assert is_french_for_i_love_programming(run(sys.executable, str(root / "call_chatdeepseek.py"), *greedy))
-    reply = json.loads(run("bash", str(root / "call_curl.sh")))  # the server's own sampling
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/curl-argv\nexec {shutil.which("curl")} "$@"\n')
+    (shim / "curl").chmod(0o755)
+    env["PATH"] = f"{shim}{os.pathsep}{env['PATH']}"
+    env["TEMPERATURE"] = "0"  # greedy: with the server's own sampling the tiny model sometimes misses Paris
+    reply = json.loads(run("bash", str(root / "call_curl.sh")))
     assert reply["object"] == "chat.completion" and reply["model"] == server.name
     assert "Paris" in reply["choices"][0]["message"]["content"], reply  # its default question, answered
+    quoted = json.loads(run("bash", str(root / "call_curl.sh"), 'Say "yes" and nothing else.'))  # JSON-escaped
+    assert quoted["choices"][0]["message"]["content"].strip(), quoted
+    argv = (tmp_path / "curl-argv").read_text()
+    assert argv.count("/chat/completions") == 2 and api_key not in argv, argv  # the key went on stdin

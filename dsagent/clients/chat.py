@@ -46,7 +46,7 @@ from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve
 from ..settings import Settings
 from . import thinking as _thinking
-from .reasoning import ThinkSplitter, place_reasoning, reasoning_of, split_think
+from .reasoning import OPEN, ThinkSplitter, opens_think, place_reasoning, reasoning_of, split_think
 from .ride import RestartRiding
 from .tools import ToolStream, apply_tools, constrained, convert_result, without_repeats
 
@@ -103,6 +103,10 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
     thinking_budget: int | None = None
     """Reasoning tokens allowed before ``</think>`` is forced (``None``: no limit); per call too:
     ``invoke(..., thinking_budget=N)`` or ``bind(thinking_budget=N)`` (dsagent/clients/thinking.py)."""
+    budget_support: str = "native"
+    """``"native"``: sent as vLLM's ``thinking_token_budget``; ``"client"``: dsagent's two-request
+    cut (a vLLM older than 0.20); ``"unconfigured"``: refused before any request (no reasoning
+    config). ``local_deepseek`` reads it from the deployment (``thinking.budget_support``)."""
     native_tools: bool = False
     """The server parses tool calls itself (launched with ``--tool-call-parser``): ``tools`` go to
     vLLM as they are; otherwise through structured outputs (dsagent/clients/tools.py)."""
@@ -124,6 +128,11 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
             apply_tools(payload)
         if self.fold_system and "messages" in payload:
             payload["messages"] = fold_system_prompt(payload["messages"])
+        messages = payload.get("messages") or []
+        if messages and messages[-1].get("role") == "assistant" and str(messages[-1].get("content") or "").rstrip() \
+                .endswith(OPEN):  # a prefill that opens the reasoning: continued, not closed by the template
+            payload["extra_body"] = {**(payload.get("extra_body") or {}), "add_generation_prompt": False,
+                                     "continue_final_message": True}
         if payload.get("stream"):
             payload["timeout"] = httpx.Timeout(max(self.first_token_timeout, self.idle_timeout), connect=10.0)
         return payload
@@ -202,9 +211,19 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
         result = convert_result(result)
         return result, without_repeats(messages, result, kwargs, self.tool_repeats)
 
+    def _budget(self, kwargs: dict[str, Any]) -> tuple[int | None, dict[str, Any]]:
+        """``(budget for the client-side cut or None, the call's kwargs)``: a native budget goes
+        into the kwargs as ``thinking_token_budget``."""
+        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        if limit is None or self.budget_support == "client":
+            return limit, kwargs
+        if self.budget_support == "unconfigured":
+            raise _thinking.unconfigured(self.deployment or self.model_name, limit)
+        return None, _thinking.with_budget(kwargs, self.extra_body, limit)
+
     def _generate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
-        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        limit, kwargs = self._budget(kwargs)
         if limit is not None:
             result = _thinking.generate(self, messages, stop, int(limit), kwargs)
         else:
@@ -217,7 +236,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
     async def _agenerate(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                          **kwargs: Any) -> ChatResult:
         self._bind_loop()
-        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        limit, kwargs = self._budget(kwargs)
         if limit is not None:
             result = await _thinking.agenerate(self, messages, stop, int(limit), kwargs)
         else:
@@ -229,7 +248,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
 
     def _stream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                 **kwargs: Any) -> Iterator[Any]:
-        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        limit, kwargs = self._budget(kwargs)
         if limit is not None:
             source = _thinking.stream(self, messages, stop, int(limit), kwargs, run_manager)
         else:
@@ -243,7 +262,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
     async def _astream(self, messages: list[Any], stop: list[str] | None = None, run_manager: Any = None,
                        **kwargs: Any) -> AsyncIterator[Any]:
         self._bind_loop()
-        limit = kwargs.pop("thinking_budget", self.thinking_budget)
+        limit, kwargs = self._budget(kwargs)
         if limit is not None:
             source = _thinking.astream(self, messages, stop, int(limit), kwargs, run_manager)
         else:
@@ -255,7 +274,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
             yield tail
 
     def _stream_chat(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        splitter = ThinkSplitter(inside=self.think_open)
+        splitter = ThinkSplitter(inside=self.think_open or opens_think(args[0]))
         first = True
         try:
             for gen in super()._stream(*args, **kwargs):
@@ -265,7 +284,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
             raise _stream_timeout(first, self) from exc
 
     async def _astream_chat(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        splitter = ThinkSplitter(inside=self.think_open)
+        splitter = ThinkSplitter(inside=self.think_open or opens_think(args[0]))
         stream = super()._astream(*args, **kwargs).__aiter__()
         first = True
         while True:
@@ -350,6 +369,7 @@ def local_deepseek(
         "dsagent_home": str(settings.home),
         "tool_repeats": _tool_repeats(dep.name),
         "native_tools": "--tool-call-parser" in dep.argv,
+        "budget_support": _thinking.budget_support(dep.argv, dep.vllm_version),
     }
     if dep.reasoning:
         params.update(R1_SAMPLING)

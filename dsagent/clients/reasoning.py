@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ThinkSplitter", "place_reasoning", "reasoning_of", "split_think"]
+__all__ = ["ThinkSplitter", "opens_think", "place_reasoning", "reasoning_of", "split_think"]
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -34,6 +34,18 @@ def split_think(text: str) -> tuple[str | None, str]:
     if stripped.startswith(OPEN):  # cut off (max_tokens) while still thinking
         return stripped[len(OPEN):].strip(), ""
     return None, text
+
+
+def opens_think(messages: Any) -> bool:
+    """Whether the conversation ends in an assistant prefill that opens ``<think>``: the reply then
+    starts inside the reasoning.
+
+    >>> from langchain_core.messages import AIMessage, HumanMessage
+    >>> opens_think([HumanMessage("Why?"), AIMessage("<think>\\n")]), opens_think([HumanMessage("<think>")])
+    (True, False)
+    """
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    return getattr(last, "type", "") == "ai" and isinstance(last.content, str) and last.content.rstrip().endswith(OPEN)
 
 
 def reasoning_of(fields: Mapping[str, Any]) -> str | None:

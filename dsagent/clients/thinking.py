@@ -1,9 +1,17 @@
 """A thinking budget: at most N reasoning tokens, then ``</think>`` and the answer.
 
-vLLM's OpenAI chat API has no such limit that works without its reasoning config, so dsagent
-makes two requests through the completions API with the prompt the server's own chat template
-renders (``/tokenize`` with ``messages``: the same template, tools hint and system rules as a chat
-request):
+vLLM 0.20 and newer enforce it in the engine: the request field ``thinking_token_budget`` (chat
+and completions) forces the end of thinking after N tokens, inside the sampler, for every client
+(curl, the OpenAI SDK, ChatOpenAI, an MCP agent), provided the server runs with a reasoning parser
+(``--reasoning-parser``; dsagent launches the R1 distills with ``deepseek_r1``) or a reasoning
+config (``--reasoning-config``; the embedded model's, on the ``<think>`` tags). ``budget_support``
+reads which applies from the deployment's record, and the chat classes send the field
+(``with_budget``). A server that has the field but no reasoning config would answer 400: dsagent
+refuses first, naming the fix.
+
+Only for an older vLLM, the client-side cut below: two requests through the completions API with
+the prompt the server's own chat template renders (``/tokenize`` with ``messages``: the same
+template, tools hint and system rules as a chat request):
 
 1. the prompt's tokens, ``max_tokens=N``, ``stop=["</think>"]``: the reasoning;
 2. the prompt, the reasoning and ``\\n</think>\\n\\n`` (only when the model was thinking), with the
@@ -18,7 +26,7 @@ without thinking gets its answer continued, not cut. The reasoning lands in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +34,67 @@ import httpx
 from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
+from ..deploy.launch.argv import THINK_TAGS
 from ..errors import InvalidOptionError
 from .reasoning import CLOSE, OPEN, ThinkSplitter
 
-__all__ = ["agenerate", "astream", "generate", "stream"]
+__all__ = ["NATIVE_SINCE", "agenerate", "astream", "budget_support", "generate", "stream", "with_budget"]
+
+NATIVE_SINCE = (0, 20)
+"""The first vLLM release whose sampler enforces ``thinking_token_budget``."""
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def budget_support(argv: Sequence[str], vllm_version: str) -> str:
+    """How a deployment takes a thinking budget, from its vLLM argv and version: ``"native"`` (vLLM
+    enforces ``thinking_token_budget``), ``"client"`` (a vLLM older than 0.20: dsagent's two-request
+    cut) or ``"unconfigured"`` (no reasoning parser or config: vLLM would refuse the field).
+
+    >>> budget_support(["--reasoning-parser", "deepseek_r1"], "0.32.0")
+    'native'
+    >>> budget_support(["--reasoning-config", "{}"], "")
+    'native'
+    >>> budget_support(["--model", "m"], "0.32.0")
+    'unconfigured'
+    >>> budget_support(["--reasoning-parser", "deepseek_r1"], "0.11.2")
+    'client'
+    """
+    release = _release(vllm_version)
+    if release is not None and release < NATIVE_SINCE:
+        return "client"
+    configured = any(a == f or a.startswith(f + "=") for a in argv for f in ("--reasoning-parser", "--reasoning-config"))
+    return "native" if configured else "unconfigured"
+
+
+def unconfigured(deployment: str, budget: Any) -> InvalidOptionError:
+    return InvalidOptionError(
+        f"deployment {deployment!r} cannot enforce thinking_budget: its vLLM runs without a reasoning parser "
+        "or config (vLLM would answer 400)",
+        "serve a reasoning model (dsagent launches the R1 distills with --reasoning-parser deepseek_r1), or "
+        f"relaunch with: dsagent up ... --vllm-arg='--reasoning-config={THINK_TAGS}'",
+        option="thinking_budget", value=budget)
+
+
+def with_budget(kwargs: dict[str, Any], extra_body: Mapping[str, Any] | None, budget: Any) -> dict[str, Any]:
+    """The call's keyword arguments with ``thinking_token_budget`` in its ``extra_body`` (merged
+    with the model's own ``extra_body``, which a call's ``extra_body`` would otherwise replace).
+
+    >>> with_budget({"stop": ["x"]}, {"top_k": 5}, 4)
+    {'stop': ['x'], 'extra_body': {'top_k': 5, 'thinking_token_budget': 4}}
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        raise InvalidOptionError(f"thinking_budget must be a whole number of tokens >= 0, got {budget!r}",
+                                 "pass thinking_budget=N with N >= 0, or None for no limit",
+                                 option="thinking_budget", value=budget)
+    extra = {**(extra_body or {}), **(kwargs.get("extra_body") or {}), "thinking_token_budget": budget}
+    return {**kwargs, "extra_body": extra}
 
 _SAMPLING = ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias")
 

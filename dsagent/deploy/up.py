@@ -296,7 +296,7 @@ def up(
         opts, estimate = _preflight(spec, opts, version, step, settings)
 
     plan = plan_serve(name, fetched.path, settings, opts, reasoning=spec.reasoning, context_limit=spec.context_limit,
-                      sampling=spec.sampling)
+                      sampling=spec.sampling, think_tags=spec.think_tags)
     record = record_of(plan, settings, model=spec.repo_id or spec.name, vllm_version=version(), estimate=estimate,
                        revision=fetched.revision, measured={"fetch_seconds": round(fetched.seconds, 1)})
     record = _supervised(_start(plan, record, spec, fetched, peers, settings, step), restart, foreground, settings)

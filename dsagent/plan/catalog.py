@@ -42,6 +42,10 @@ class ModelSpec:
     sampling: Mapping[str, float] = field(default_factory=dict)
     """Server-side sampling defaults (vLLM ``--override-generation-config``) for requests that do
     not set them; an R1 distill's own generation_config.json already carries DeepSeek's."""
+    think_tags: bool = False
+    """No reasoning parser fits (``<think>`` is not one token), but vLLM's reasoning config on the
+    tag strings lets ``thinking_token_budget`` work when a prompt opens ``<think>`` (an assistant
+    prefill): the embedded model, so the budget's whole path runs on a CPU."""
     tool_repeats: str = "args"
     """How the chat classes treat a tool call that repeats one of the open turn (``tool_repeats``
     in dsagent/clients/chat.py): a 135M model needs ``"name"`` to take a task's next step."""
@@ -131,6 +135,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         # Tool calls go through structured outputs (no vLLM parser fits); after a result the model
         # copies its previous call, so each tool is offered once per turn (docs/tools.md).
         tool_repeats="name",
+        think_tags=True,
     ),
     ModelSpec(
         name="deepseek-r1-distill-qwen-1.5b",

@@ -159,6 +159,40 @@ class Listing:
 
 
 
+def check_endpoint(url: str, option: str) -> str:
+    """``url`` without a trailing slash, if it is an http(s) URL with a host; else the rule it breaks.
+
+    >>> check_endpoint("https://hf-mirror.com/", "--mirror")
+    'https://hf-mirror.com'
+    >>> check_endpoint("notaurl", "--mirror")
+    Traceback (most recent call last):
+    ...
+    dsagent.errors.InvalidOptionError: --mirror 'notaurl' is not an http(s) URL: it has no scheme ...
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal
+        parts, port_ok, bad = None, False, str(exc)
+    else:
+        bad = ""
+    if parts is not None and parts.scheme not in ("http", "https"):
+        bad = "it has no scheme (http:// or https://)" if not parts.scheme else f"its scheme is {parts.scheme!r}"
+    elif parts is not None and not parts.hostname:
+        bad = "it names no host"
+    elif parts is not None and not port_ok:
+        bad = "its port is out of range"
+    elif parts is not None and (parts.query or parts.fragment):
+        bad = "it carries a query or fragment"
+    if bad:
+        raise InvalidOptionError(f"{option} {url!r} is not an http(s) URL: {bad}",
+                                 f"pass the mirror's base address, e.g. {option} https://hf-mirror.com",
+                                 option=option, value=url)
+    return url.strip().rstrip("/")
+
+
 def sources(order: str | Sequence[str] | None = None, mirror: str | None = None,
             endpoints: Mapping[str, str] | None = None, *,
             settings: Settings | None = None) -> list[tuple[str, Source | None, str]]:
@@ -172,7 +206,12 @@ def sources(order: str | Sequence[str] | None = None, mirror: str | None = None,
     settings = settings or Settings.load()
     endpoints = dict(endpoints or {})
     env_mirror = settings.hf_endpoint if settings.hf_endpoint != HF_ENDPOINT else ""
-    mirror_url = (mirror or endpoints.get("mirror") or env_mirror).rstrip("/")
+    if mirror:
+        mirror_url = check_endpoint(mirror, "--mirror")
+    elif endpoints.get("mirror"):
+        mirror_url = endpoints["mirror"].rstrip("/")
+    else:
+        mirror_url = check_endpoint(env_mirror, "HF_ENDPOINT") if env_mirror else ""
     if order is None:
         order = settings.fetch_sources or ("mirror,hub,modelscope" if mirror_url else "hub,mirror,modelscope")
     names = [n.strip().lower() for n in (order.split(",") if isinstance(order, str) else order) if n.strip()]

