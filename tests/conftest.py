@@ -72,8 +72,9 @@ def session_server_files(tests: Path) -> set[str]:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Under ``-n N``: every file that uses the session's server goes to one worker, which starts
-    that server once and runs them in file order (``lifecycle_end`` last); the Ray tests share one
-    worker (one cluster at a time); every other test goes to whichever worker is free.
+    that server once and runs them in file order (``lifecycle_end`` last); the two-node tests share
+    one worker (each binds both cores: two at once starved a head past its node's 120 s wait), as
+    do the Ray tests (one cluster at a time); every other test goes to whichever worker is free.
 
     (xdist's own ``--dist loadgroup`` marks its groups by rewriting ``item._nodeid``, which pytest 9
     no longer reads, so its groups fall apart into single tests.)"""
@@ -81,6 +82,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     together = dict.fromkeys(session_server_files(Path(config.rootpath) / "tests"), "session-server")
     together["tests/test_ray.py"] = "ray"
+    together["tests/test_multinode.py"] = "multinode"
 
     class Together(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
