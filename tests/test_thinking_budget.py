@@ -153,3 +153,16 @@ def test_the_client_side_cut_for_an_older_vllm(server, backend):
         full += c
     assert full.usage_metadata["output_token_details"]["reasoning"] == 2
     assert full.content.strip()
+
+
+async def test_the_client_side_cut_async_is_the_same_code(server):
+    """``ainvoke``/``astream`` of the fallback run the sync implementation in a worker thread."""
+    llm = local_deepseek(temperature=0, max_tokens=24, thinking_budget=3, budget_support="client")
+    msg = await llm.ainvoke(PREFILLED)
+    assert msg.response_metadata["thinking_budget"] == {"reasoning_tokens": 3, "cut": True}
+    assert msg.additional_kwargs["reasoning_content"].strip() and msg.content.strip()
+    chunks = [c async for c in llm.astream(PREFILLED)]
+    kinds = ["reasoning" if c.additional_kwargs.get("reasoning_content") else "answer" for c in chunks
+             if c.content or c.additional_kwargs.get("reasoning_content")]
+    assert kinds[0] == "reasoning" and "answer" in kinds and kinds == sorted(kinds, key=lambda k: k != "reasoning")
+    assert sum((c for c in chunks[1:]), chunks[0]).usage_metadata["output_token_details"]["reasoning"] == 3

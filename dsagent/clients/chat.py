@@ -46,7 +46,7 @@ from ..errors import InputError, InvalidOptionError, StreamTimeoutError
 from ..plan.catalog import resolve
 from ..settings import Settings
 from . import thinking as _thinking
-from .reasoning import OPEN, ThinkSplitter, opens_think, place_reasoning, reasoning_of, split_think
+from .reasoning import ThinkSplitter, opens_think, place_reasoning, reasoning_of, split_think
 from .ride import RestartRiding
 from .tools import ToolStream, apply_tools, constrained, convert_result, without_repeats
 
@@ -128,9 +128,7 @@ class _LocalChat(RestartRiding, BaseChatOpenAI):
             apply_tools(payload)
         if self.fold_system and "messages" in payload:
             payload["messages"] = fold_system_prompt(payload["messages"])
-        messages = payload.get("messages") or []
-        if messages and messages[-1].get("role") == "assistant" and str(messages[-1].get("content") or "").rstrip() \
-                .endswith(OPEN):  # a prefill that opens the reasoning: continued, not closed by the template
+        if opens_think(payload.get("messages")):  # a prefill that opens the reasoning: continued, not closed
             payload["extra_body"] = {**(payload.get("extra_body") or {}), "add_generation_prompt": False,
                                      "continue_final_message": True}
         if payload.get("stream"):

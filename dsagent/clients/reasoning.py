@@ -37,15 +37,21 @@ def split_think(text: str) -> tuple[str | None, str]:
 
 
 def opens_think(messages: Any) -> bool:
-    """Whether the conversation ends in an assistant prefill that opens ``<think>``: the reply then
-    starts inside the reasoning.
+    """Whether the conversation ends in an assistant prefill that opens ``<think>`` (LangChain
+    messages or a request's message dicts): the reply then starts inside the reasoning.
 
     >>> from langchain_core.messages import AIMessage, HumanMessage
     >>> opens_think([HumanMessage("Why?"), AIMessage("<think>\\n")]), opens_think([HumanMessage("<think>")])
     (True, False)
+    >>> opens_think([{"role": "assistant", "content": "<think>"}])
+    True
     """
     last = messages[-1] if isinstance(messages, list) and messages else None
-    return getattr(last, "type", "") == "ai" and isinstance(last.content, str) and last.content.rstrip().endswith(OPEN)
+    if isinstance(last, Mapping):
+        mine, content = last.get("role") == "assistant", last.get("content")
+    else:
+        mine, content = getattr(last, "type", "") == "ai", getattr(last, "content", None)
+    return mine and isinstance(content, str) and content.rstrip().endswith(OPEN)
 
 
 def reasoning_of(fields: Mapping[str, Any]) -> str | None:

@@ -26,6 +26,7 @@ without thinking gets its answer continued, not cut. The reasoning lands in
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -199,24 +200,10 @@ def _post(call: _Call, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return response.json()
 
 
-async def _apost(call: _Call, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=call.timeout) as client:
-        response = await client.post(call.url + path, json=body, headers=call.headers)
-    response.raise_for_status()
-    return response.json()
-
-
 def _prompt(call: _Call, think_open: bool) -> tuple[list[int], bool]:
     rendered = _post(call, "/tokenize", _tokenize_body(call))
     ids, call.context = rendered["tokens"], rendered["max_model_len"]
     tail = _post(call, "/detokenize", {"model": call.model, "tokens": ids[-8:]})["prompt"]
-    return ids, think_open or _opened(tail)
-
-
-async def _aprompt(call: _Call, think_open: bool) -> tuple[list[int], bool]:
-    rendered = await _apost(call, "/tokenize", _tokenize_body(call))
-    ids, call.context = rendered["tokens"], rendered["max_model_len"]
-    tail = (await _apost(call, "/detokenize", {"model": call.model, "tokens": ids[-8:]}))["prompt"]
     return ids, think_open or _opened(tail)
 
 
@@ -244,16 +231,8 @@ def generate(llm: Any, messages: list[Any], stop: list[str] | None, budget: int,
 
 async def agenerate(llm: Any, messages: list[Any], stop: list[str] | None, budget: int,
                     kwargs: dict) -> ChatResult:
-    """The two requests, one after the other (async)."""
-    call = _call(llm, messages, stop, budget, kwargs)
-    ids, opened = await _aprompt(call, llm.think_open)
-    completions = llm.root_async_client.completions
-    first = _first_of(await completions.create(model=call.model, prompt=ids, max_tokens=budget, stop=[CLOSE],
-                                               **call.sampling))
-    reasoning, append, done = _second_prefix(first, opened)
-    more = (await _apost(call, "/tokenize", _more(call, append)))["tokens"]
-    second = await completions.create(**call.second(ids + more))
-    return _result(call, first, reasoning, done + second.choices[0].text, second)
+    """``generate`` in a worker thread: the fallback has one implementation, not sync/async twins."""
+    return await asyncio.to_thread(generate, llm, messages, stop, budget, kwargs)
 
 
 class _Chunks:
@@ -317,30 +296,15 @@ def stream(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, k
 
 async def astream(llm: Any, messages: list[Any], stop: list[str] | None, budget: int, kwargs: dict,
                   run_manager: Any = None) -> AsyncIterator[ChatGenerationChunk]:
-    """``stream``, async."""
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("stream", "stream_options", "stream_usage")}
-    call = _call(llm, messages, stop, budget, kwargs)
-    ids, opened = await _aprompt(call, llm.think_open)
-    chunks, completions = _Chunks(opened), llm.root_async_client.completions
-    async for chunk in await completions.create(model=call.model, prompt=ids, max_tokens=budget, stop=[CLOSE],
-                                                **call.sampling, **_STREAM):
-        if gen := chunks.first(chunk):
-            yield await _anotify(run_manager, gen)
-    _, append, _ = _second_prefix(_First(chunks.text, chunks.finish, 0, 0), opened)
-    more = (await _apost(call, "/tokenize", _more(call, append)))["tokens"]
-    async for chunk in await completions.create(**call.second(ids + more), **_STREAM):
-        if gen := chunks.second(chunk):
-            yield await _anotify(run_manager, gen)
-    yield chunks.last(call.model, opened)
+    """``stream``, its chunks pulled from a worker thread (one implementation, not twins)."""
+    chunks, end = stream(llm, messages, stop, budget, kwargs), object()
+    while (gen := await asyncio.to_thread(next, chunks, end)) is not end:
+        if run_manager:
+            await run_manager.on_llm_new_token(gen.text, chunk=gen)
+        yield gen
 
 
 def _notify(run_manager: Any, gen: ChatGenerationChunk) -> ChatGenerationChunk:
     if run_manager:
         run_manager.on_llm_new_token(gen.text, chunk=gen)
-    return gen
-
-
-async def _anotify(run_manager: Any, gen: ChatGenerationChunk) -> ChatGenerationChunk:
-    if run_manager:
-        await run_manager.on_llm_new_token(gen.text, chunk=gen)
     return gen

@@ -171,21 +171,19 @@ def check_endpoint(url: str, option: str) -> str:
     """
     from urllib.parse import urlsplit
 
+    bad = ""
     try:
         parts = urlsplit(url.strip())
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError as exc:  # a port that is not a number, a bad IPv6 literal
-        parts, port_ok, bad = None, False, str(exc)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError as exc:  # also a bad IPv6 literal
+        bad = str(exc)
     else:
-        bad = ""
-    if parts is not None and parts.scheme not in ("http", "https"):
-        bad = "it has no scheme (http:// or https://)" if not parts.scheme else f"its scheme is {parts.scheme!r}"
-    elif parts is not None and not parts.hostname:
-        bad = "it names no host"
-    elif parts is not None and not port_ok:
-        bad = "its port is out of range"
-    elif parts is not None and (parts.query or parts.fragment):
-        bad = "it carries a query or fragment"
+        if parts.scheme not in ("http", "https"):
+            bad = f"its scheme is {parts.scheme!r}" if parts.scheme else "it has no scheme (http:// or https://)"
+        elif not parts.hostname:
+            bad = "it names no host"
+        elif parts.query or parts.fragment:
+            bad = "it carries a query or fragment"
     if bad:
         raise InvalidOptionError(f"{option} {url!r} is not an http(s) URL: {bad}",
                                  f"pass the mirror's base address, e.g. {option} https://hf-mirror.com",
