@@ -74,10 +74,10 @@ def main() -> int:
 def _running_default(opts: ServeOptions, settings: Settings) -> Deployment | None:
     from .deploy.record.phase import live_state
     from .deploy.record.store import load
-    from .deploy.up import DEFAULT_GPU_MODEL
-    from .plan.catalog import DEFAULT_CPU_MODEL, resolve
+    from .deploy.up import default_model
+    from .plan.catalog import resolve
 
-    dep = load(settings, resolve(DEFAULT_CPU_MODEL if opts.device == "cpu" else DEFAULT_GPU_MODEL).name)
+    dep = load(settings, resolve(default_model(opts.device)).name)
     return dep if dep is not None and live_state(dep).running else None
 
 

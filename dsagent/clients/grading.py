@@ -17,10 +17,12 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .recipes import NAME_PATTERN
+
 __all__ = ["Verdict", "check_fact", "check_names", "check_translation", "normalize"]
 
 _QUOTES = "\"'«»“”‘’`"
-_NAME = re.compile(r"[A-Z][A-Za-z'-]{1,15}")
+_NAME = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ __all__ = [
 TRANSLATOR = "You are a helpful translator. Translate the user's text into {to}. Reply with the translation only."
 NAMER = "Suggest {n} different names for: {description}."
 DEFAULT_CONCURRENCY = 32
+NAME_PATTERN = r"[A-Z][A-Za-z'-]{1,15}"
+"""One name as the naming recipe's schema asks for it (and ``grading.check_names`` checks)."""
 
 
 def default_llm() -> Any:
@@ -46,7 +48,7 @@ def _text(reply: Any) -> str:
 
 def _names_format(n: int) -> dict[str, Any]:
     """A JSON-schema response format: vLLM's guided decoding makes the reply parse."""
-    item = {"type": "string", "pattern": "^[A-Z][A-Za-z'-]{1,15}$"}
+    item = {"type": "string", "pattern": f"^{NAME_PATTERN}$"}
     schema = {
         "type": "object",
         "properties": {"names": {"type": "array", "items": item, "minItems": n, "maxItems": n}},

@@ -39,9 +39,16 @@ from .status import find
 from .supervise.policy import RestartPolicy
 from .supervise.supervisor import adopt, follow, start_supervisor
 
-__all__ = ["DEFAULT_GPU_MODEL", "attach", "up"]
+__all__ = ["DEFAULT_GPU_MODEL", "attach", "default_model", "up"]
 
 DEFAULT_GPU_MODEL = "deepseek-r1-distill-qwen-7b"
+
+
+def default_model(device: str) -> str:
+    """What ``up()`` serves when no model is named: the embedded model on a CPU, an R1 distill on GPUs."""
+    return DEFAULT_CPU_MODEL if device == "cpu" else DEFAULT_GPU_MODEL
+
+
 Step = Callable[[str], None]
 
 
@@ -267,7 +274,7 @@ def up(
     settings = settings or Settings.load()
     opts = options or ServeOptions(device=detect_device(settings))
     step = on_step or (lambda _msg: None)
-    spec = resolve(model or (DEFAULT_CPU_MODEL if opts.device == "cpu" else DEFAULT_GPU_MODEL))
+    spec = resolve(model or default_model(opts.device))
     name = check_name(name or spec.name)
 
     existing = load(settings, name)
