@@ -27,7 +27,7 @@ _ERRORS = (
     "AlreadyRunningError", "AmbiguousDeploymentError", "ChecksumError", "ConversionError", "DeploymentError",
     "DeploymentFailedError", "DiskSpaceError", "DoesNotFitError", "DsagentError", "FetchError", "InputError",
     "InstallError", "InvalidOptionError", "JoinError", "NoDeploymentError", "NotReadyError", "ParallelismError",
-    "PortInUseError", "SourceError", "StartupError", "StopError", "StreamTimeoutError", "UnknownModelError",
+    "PortInUseError", "RouterError", "SourceError", "StartupError", "StopError", "StreamTimeoutError", "UnknownModelError",
     "UnreadableRecordError",
 )
 
@@ -93,7 +93,7 @@ if TYPE_CHECKING:
         AlreadyRunningError, AmbiguousDeploymentError, ChecksumError, ConversionError, DeploymentError,
         DeploymentFailedError, DiskSpaceError, DoesNotFitError, DsagentError, FetchError, InputError,
         InstallError, InvalidOptionError, JoinError, NoDeploymentError, NotReadyError, ParallelismError, PortInUseError,
-        SourceError, StartupError, StopError, StreamTimeoutError, UnknownModelError, UnreadableRecordError,
+        RouterError, SourceError, StartupError, StopError, StreamTimeoutError, UnknownModelError, UnreadableRecordError,
     )
     from .plan.budget import CpuPlan, GpuPlan, plan_cpu, plan_gpu
     from .plan.catalog import ModelSpec, resolve

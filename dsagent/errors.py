@@ -26,7 +26,8 @@ classes are there to be caught. Each leaf carries its data as typed attributes::
     │   ├── JoinError                   head, check: a node cannot join the head's deployment
     │   ├── StartupError                phase, log_tail: vLLM exited while starting
     │   ├── NotReadyError               phase: not ready when the bounded wait ran out
-    │   └── StreamTimeoutError          a streamed answer gave no first token / stalled
+    │   ├── StreamTimeoutError          a streamed answer gave no first token / stalled
+    │   └── RouterError                 model: the router cannot serve, sleep or wake a model
     └── StopError                   pids: processes of a deployment survived stop
 """
 
@@ -54,6 +55,7 @@ __all__ = [
     "NotReadyError",
     "ParallelismError",
     "PortInUseError",
+    "RouterError",
     "SourceError",
     "StartupError",
     "StopError",
@@ -232,6 +234,14 @@ class NotReadyError(DeploymentError):
 
 class StreamTimeoutError(DeploymentError, TimeoutError):
     """A streamed answer gave no first token, or stalled, within its timeout."""
+
+
+class RouterError(DeploymentError):
+    """The router cannot serve, put to sleep or wake one of its catalogue's models (``model``)."""
+
+    def __init__(self, problem: str, remedy: str = "", *, model: str = "") -> None:
+        super().__init__(problem, remedy)
+        self.model = model
 
 
 class StopError(DsagentError):

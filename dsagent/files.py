@@ -3,22 +3,30 @@
 The one copy of each, shared by the planner (exact weight bytes from headers) and fetch
 (verification of downloads and of the store); and the two ways dsagent makes a file of the home
 that only its owner may read: ``private_dir`` (a folder, 0700) and ``append_private`` (a log,
-0600), each tightening one of ours that an older version or a umask left open.
+0600), each tightening one of ours that an older version or a umask left open; ``write_private``
+(a whole file replaced atomically, 0600) and ``locked`` (an exclusive lock on a lock file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import stat
 import struct
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidOptionError
 
-__all__ = ["append_private", "digest", "digest_text", "private_dir", "read_safetensors_header", "safetensors_problem"]
+__all__ = [
+    "append_private", "digest", "digest_text", "locked", "private_dir", "read_safetensors_header",
+    "safetensors_problem", "write_private",
+]
 
 CHUNK = 8 << 20
 
@@ -101,3 +109,38 @@ def append_private(path: Path) -> int:
     if st.st_mode & 0o077 and st.st_uid == os.geteuid():
         os.fchmod(fd, 0o600)
     return fd
+
+
+@contextlib.contextmanager
+def locked(lock: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock`` (made 0600 in a 0700 folder) for the ``with`` block."""
+    private_dir(lock.parent)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``, mode 0600: a temporary file of this write alone,
+    fsynced, renamed over ``path``, then the folder fsynced (the rename survives a crash)."""
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

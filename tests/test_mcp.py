@@ -19,7 +19,7 @@ from answers import are_names, is_french_for_i_love_programming
 # an idle machine, several on a busy one): their pytest timeout covers that; anyio.fail_after
 # bounds the MCP part alone.
 SERVER_START = 600
-TOOLS = {"translate", "suggest_names", "ask", "deployment_status"}
+TOOLS = {"translate", "suggest_names", "ask", "deployment_status", "list_models"}
 RESOURCES = {"dsagent://deployment/status", "dsagent://deployment/model-card"}
 
 

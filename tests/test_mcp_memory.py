@@ -23,7 +23,7 @@ from dsagent.system.ports import free_port
 
 from answers import are_names
 
-TOOLS = {"translate", "suggest_names", "ask", "deployment_status"}
+TOOLS = {"translate", "suggest_names", "ask", "deployment_status", "list_models"}
 
 
 def text(result) -> str:

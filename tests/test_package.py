@@ -25,7 +25,7 @@ PUBLIC = [
     "FetchResult", "GpuPlan", "InputError", "InstallError", "InvalidOptionError", "JoinError", "LayoutChoice",
     "LocalChatDeepSeek",
     "LocalChatOpenAI", "ModelSpec", "NoDeploymentError", "NotReadyError", "ParallelismError", "PortInUseError",
-    "RestartPolicy", "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
+    "RestartPolicy", "RouterError", "ServeOptions", "Settings", "SourceError", "StartupError", "State", "StopError", "StopResult",
     "StreamTimeoutError", "UnknownModelError", "UnreadableRecordError", "ask", "attach", "choose_layout", "estimate",
     "fetch", "local_deepseek", "plan_cpu",
     "plan_gpu", "recommend", "resolve", "status", "stop", "suggest_names", "translate", "up",
@@ -41,6 +41,7 @@ LAYERS = [
     {"plan"},
     {"weights"},
     {"deploy"},
+    {"router"},
     {"clients"},
     {"mcp", "cli", "demo"},
 ]
@@ -230,5 +231,5 @@ def test_help_lists_every_verb(cli):
     out = cli("--help")
     assert out.returncode == 0
     listed = re.findall(r"^    ([a-z]+) +\S", out.stdout, re.M)
-    assert listed == ["up", "serve", "join", "fetch", "estimate", "status", "ps", "logs", "stop", "models", "mcp",
-                      "service"], out.stdout
+    assert listed == ["up", "serve", "join", "fetch", "estimate", "status", "ps", "logs", "stop", "models", "router",
+                      "mcp", "service"], out.stdout

@@ -9,7 +9,8 @@ module                     commands
 ``estimate``               ``estimate``
 ``status``                 ``status``, ``ps``, ``logs``
 ``stop``                   ``stop``
-``models``                 ``models``
+``models``                 ``models``, ``models add``, ``models remove`` (the router's catalogue)
+``router``                 ``router serve|start|stop|status`` (many models behind one address)
 ``mcp``                    ``mcp``, ``mcp config``
 =========================  ================================================================
 """
@@ -21,11 +22,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DsagentError
-from . import estimate, fetch, join, mcp, models, service, status, stop, up
+from . import estimate, fetch, join, mcp, models, router, service, status, stop, up
 
 __all__ = ["build_parser", "main"]
 
-VERBS = (up, join, fetch, estimate, status, stop, models, mcp, service)
+VERBS = (up, join, fetch, estimate, status, stop, models, router, mcp, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

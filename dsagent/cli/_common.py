@@ -56,12 +56,14 @@ class ProgressLine:
         self.last = p.phase
 
 
-def add_serve_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of ``up`` / ``serve`` (and the MCP server's ``--up``)."""
+def add_serve_flags(p: argparse.ArgumentParser, *, launch: bool = True) -> None:
+    """The flags of ``up`` / ``serve`` (and the MCP server's ``--up``); ``launch=False``: only how
+    the model runs (``models add``: the router chooses name, address and waits)."""
     p.add_argument("model", nargs="?", help="catalog name, hub id or model folder (default: the embedded model on CPU)")
-    p.add_argument("--name", help="deployment and served model name (default: the catalog name)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=port, default=8000, help="port number, or 'auto' for a free one (default 8000)")
+    if launch:
+        p.add_argument("--name", help="deployment and served model name (default: the catalog name)")
+        p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=port, default=8000, help="port number, or 'auto' for a free one (default 8000)")
     p.add_argument("--tp", type=int, default=1, help="tensor parallel size")
     p.add_argument("--pp", type=int, default=1, help="pipeline parallel size")
     p.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPU)")
@@ -74,6 +76,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="tokenizer folder or id, if not the model's (e.g. with --dummy-weights)")
     p.add_argument("--vllm-arg", action="append", metavar="ARG", help="pass one more argument to vLLM (repeatable)")
     p.add_argument("--cpus", type=cpu_list, help="CPU cores this node's workers may use, e.g. 0-3 or 0,1 (CPU only)")
+    p.add_argument("--gpus", type=cpu_list, help="GPUs this deployment may use, e.g. 0,1 (CUDA_VISIBLE_DEVICES)")
+    if not launch:
+        return
+    p.add_argument("--sleep-mode", action="store_true",
+                   help="enable vLLM's sleep mode (GPU): the router may offload the model when idle")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for ready (default 900)")
     p.add_argument("--no-wait", action="store_true", help="return once launched")
     p.add_argument("--json", action="store_true", help="print the deployment record as JSON")
@@ -91,7 +98,7 @@ def cpu_list(text: str) -> tuple[int, ...]:
             lo, _, hi = part.partition("-")
             out += range(int(lo), int(hi or lo) + 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--cpus takes core numbers such as 0-3 or 0,2, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes numbers such as 0-3 or 0,2, not {text!r}") from None
     return tuple(out)
 
 
@@ -138,11 +145,11 @@ def restart_policy(args: argparse.Namespace) -> RestartPolicy:
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
-        host=args.host, port=args.port, tp=args.tp, pp=args.pp, dtype=args.dtype,
+        host=getattr(args, "host", "127.0.0.1"), port=getattr(args, "port", 0), tp=args.tp, pp=args.pp, dtype=args.dtype,
         max_model_len=args.max_model_len, device=args.device or detect_device(settings()),
         kv_cache_gib=args.kv_cache_gib, gpu_memory_utilization=args.gpu_memory_utilization,
         enforce_eager=True if args.enforce_eager else None, dummy_weights=args.dummy_weights, tokenizer=args.tokenizer,
-        extra_args=tuple(args.vllm_arg or ()), cpus=args.cpus,
+        extra_args=tuple(args.vllm_arg or ()), cpus=args.cpus, gpus=args.gpus, sleep_mode=getattr(args, "sleep_mode", False),
         nodes=getattr(args, "nodes", 1), node_ip=getattr(args, "node_ip", None),
         master_port=getattr(args, "master_port", 29501), dp=getattr(args, "dp", 1),
         backend=getattr(args, "backend", "mp"),

@@ -31,7 +31,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows[0] if args.name or len(rows) == 1 else rows, indent=2))
         return 0
-    if not rows:
+    from ..router.serve import find as find_router
+    from .router import print_router
+
+    router = None if args.name else find_router(settings())
+    if not rows and router is None:
         print("no deployments; start one with: dsagent up")
     for r in rows:
         if r["state"] == "unreadable":
@@ -47,6 +51,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             gpus = f"  GPUs {n['gpus']}" if n.get("gpus") else ""
             print(f"  node {n['rank']} {n['ip'] or '?'}: {n['state']}{kv}{gpus}"
                   + (f"\n    {n['reason']}" if n.get("reason") else ""))
+    if router is not None:
+        print_router(router)
     return 0
 
 

@@ -28,6 +28,11 @@ def run(args: argparse.Namespace) -> int:
                                            "name one (dsagent stop NAME) or use --all", names=running)
         name = running[0]
     problems = 0
+    if args.all and not name:
+        from ..router.serve import stop as stop_router
+
+        if (info := stop_router(home)) is not None:  # first: it would load its models again on demand
+            print(f"router (pid {info.pid}): stopped, and the models it started")
     for res in stop(name, all=args.all and not name, settings=home):
         if res.problem:
             problems += 1
@@ -42,6 +47,6 @@ def run(args: argparse.Namespace) -> int:
 def add_command(sub: Any) -> None:
     p = sub.add_parser("stop", help="end a deployment's whole process tree")
     p.add_argument("name", nargs="?")
-    p.add_argument("--all", action="store_true", help="stop every deployment")
+    p.add_argument("--all", action="store_true", help="stop every deployment (and the router)")
     p.add_argument("--orphans", action="store_true", help="end vLLM processes no deployment owns")
     p.set_defaults(func=run)

@@ -1,7 +1,7 @@
-"""local_deepseek(): a LangChain chat model bound to the running deployment.
+"""local_deepseek(): a LangChain chat model bound to the running deployment (or router model).
 
-Base URL, key and served model name come from the deployment record, so callers never type
-them. ``LocalChatDeepSeek`` and ``LocalChatOpenAI`` subclass ``ChatDeepSeek`` / ``ChatOpenAI``
+Base URL, key and served model name come from the deployment record, or from the router's
+(``target.py``), so callers never type them. ``LocalChatDeepSeek`` and ``LocalChatOpenAI`` subclass ``ChatDeepSeek`` / ``ChatOpenAI``
 and change only what a local vLLM needs: reasoning in one place whatever the server sent, R1's
 system-prompt rule, streaming timeouts, tool calls for models without a vLLM tool parser
 (``tools.py``), a thinking budget (``thinking.py``) and one async client per event loop. The model
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,14 +39,12 @@ from langchain_openai import ChatOpenAI
 from langchain_openai.chat_models.base import BaseChatOpenAI
 from pydantic import PrivateAttr
 
-from ..deploy.record.store import Deployment
-from ..deploy.up import attach, up
-from ..errors import InputError, InvalidOptionError, StreamTimeoutError
-from ..plan.catalog import resolve
+from ..errors import InvalidOptionError, StreamTimeoutError
 from ..settings import Settings
 from . import thinking as _thinking
 from .reasoning import ThinkSplitter, opens_think, place_reasoning, reasoning_of, split_think
 from .ride import RestartRiding
+from .target import target, tool_repeats
 from .tools import ToolStream, apply_tools, constrained, convert_result, without_repeats
 
 __all__ = ["LocalChatDeepSeek", "LocalChatOpenAI", "fold_system_prompt", "local_deepseek"]
@@ -310,26 +307,6 @@ class LocalChatOpenAI(_LocalChat, ChatOpenAI):
     """``ChatOpenAI`` for a local vLLM deployment (``local_deepseek(backend="openai")``)."""
 
 
-def _deployment(model: str | None, ensure: bool, settings: Settings, wait_timeout: float) -> Deployment:
-    if ensure:
-        return up(model, settings=settings, timeout=wait_timeout)
-    return attach(_name_of(model) if model else None, settings=settings, wait_timeout=wait_timeout)
-
-
-def _tool_repeats(name: str) -> str:
-    try:
-        return resolve(name).tool_repeats
-    except InputError:
-        return "args"
-
-
-def _name_of(model: str) -> str:
-    try:
-        return resolve(model).name
-    except InputError:
-        return model
-
-
 def local_deepseek(
     model: str | None = None,
     *,
@@ -354,23 +331,23 @@ def local_deepseek(
         raise InvalidOptionError(f"unknown backend {backend!r}", 'use backend="deepseek" or backend="openai"',
                                  option="backend", value=backend)
     settings = settings or Settings.load()
-    dep = _deployment(model, ensure, settings, wait_timeout)
+    t = target(model, settings, ensure=ensure, wait_timeout=wait_timeout)
     params: dict[str, Any] = {
-        "model": dep.name,
-        "api_key": Path(dep.api_key_file).read_text().strip(),
-        "base_url": dep.base_url,
-        "timeout": 600.0 if dep.reasoning else 120.0,
-        "max_retries": 2,
+        "model": t.name,
+        "api_key": t.api_key,
+        "base_url": t.base_url,
+        "timeout": 600.0 if t.reasoning else 120.0,
+        "max_retries": 2 if t.deployment else 6,  # a router answers 503 + Retry-After while it loads the model
         "stream_usage": True,
-        "fold_system": dep.reasoning,
-        "deployment": dep.name,  # rides through the deployment's supervised restarts (clients/ride.py)
+        "fold_system": t.reasoning,
+        "deployment": t.deployment,  # rides through the deployment's supervised restarts (clients/ride.py)
         "dsagent_home": str(settings.home),
-        "tool_repeats": _tool_repeats(dep.name),
-        "native_tools": "--tool-call-parser" in dep.argv,
-        "budget_support": _thinking.budget_support(dep.argv, dep.vllm_version),
+        "tool_repeats": tool_repeats(t.model),
+        "native_tools": "--tool-call-parser" in t.argv,
+        "budget_support": _thinking.budget_support(t.argv, t.vllm_version),
     }
-    if dep.reasoning:
+    if t.reasoning:
         params.update(R1_SAMPLING)
-        params["think_open"] = "--reasoning-parser" not in dep.argv
+        params["think_open"] = "--reasoning-parser" not in t.argv
     params.update(overrides)
     return (LocalChatDeepSeek if backend == "deepseek" else LocalChatOpenAI)(**params)

@@ -100,7 +100,11 @@ def _preflight_gpu(config: dict[str, Any], spec: ModelSpec, opts: ServeOptions, 
         step("no GPU visible through NVML (pip install nvidia-ml-py): skipping the memory plan")
         return opts, {}
     check_layout(config, opts.tp, opts.pp, gpus=len(gpus) * opts.nodes)  # the same GPUs on every node
-    used = gpus[: opts.tp * opts.pp // opts.nodes]
+    used = [g for g in gpus if g.index in opts.gpus] if opts.gpus else gpus[: opts.tp * opts.pp // opts.nodes]
+    if opts.gpus and len(used) != len(set(opts.gpus)):
+        raise InvalidOptionError(f"--gpus {','.join(map(str, opts.gpus))} names a GPU this machine does not show "
+                                 f"(it shows {', '.join(str(g.index) for g in gpus)})",
+                                 "pass GPU numbers as nvidia-smi lists them", option="--gpus", value=opts.gpus)
     kwargs = dict(gpu_memory_gib=min(g.total_gib for g in used), gpus=len(gpus) * opts.nodes, tp=opts.tp, pp=opts.pp,
                   gpu_memory_utilization=opts.gpu_memory_utilization, vllm_version=vllm_version,
                   dtype=None if opts.dtype == "auto" else opts.dtype, free_memory_gib=[g.free_gib for g in used],

@@ -126,16 +126,37 @@ class Backend:
             await anyio.sleep(min(1.0, max(0.05, deadline - time.time())))
 
     async def chat_model(self) -> Any:
-        """The deployment's LangChain chat model (greedy unless the model has its own sampling)."""
-        dep = await self.deployment()
+        """The deployment's LangChain chat model (greedy unless the model has its own sampling); a
+        model of the router's catalogue is called through the router, which loads it on demand."""
+        from ..router.serve import serving
+
+        routed = self.name is not None and await anyio.to_thread.run_sync(serving, self.settings, self.name)
+        dep = None if routed else await self.deployment()
         async with self._llm_lock:
             if self._llm is None:
                 from ..clients.chat import local_deepseek  # LangChain loads on the first call, not at start
 
+                name = self.name if routed else dep.name  # type: ignore[union-attr]
                 llm = await anyio.to_thread.run_sync(
-                    lambda: local_deepseek(dep.name, settings=self.settings, wait_timeout=5.0))
+                    lambda: local_deepseek(name, settings=self.settings, wait_timeout=5.0))
                 self._llm = llm if llm.temperature is not None else llm.model_copy(update={"temperature": 0.0})
             return self._llm
+
+    async def models(self) -> dict[str, Any]:
+        """Every model this home serves: the router's (with their states) and the deployments."""
+        from ..router.serve import find as find_router
+
+        info = await anyio.to_thread.run_sync(find_router, self.settings)
+        deps = await anyio.to_thread.run_sync(list_all, self.settings)
+        from ..deploy.record.phase import live_state
+
+        return {
+            "router": None if info is None else {"base_url": info.base_url, "pid": info.pid},
+            "models": [] if info is None else [
+                {"name": n, "state": m["state"], "phase": m.get("phase") or None, "last_used": m.get("last_used"),
+                 "loads": m.get("loads"), "need_gib": m.get("need_gib")} for n, m in info.models.items()],
+            "deployments": [{"name": d.name, "state": str(live_state(d)), "base_url": d.base_url} for d in deps],
+        }
 
     async def call(self, recipe: str, *args: Any, max_tokens: int, **kwargs: Any) -> Any:
         """Run a recipe (its async form when it has one) on the deployment; errors become ``ToolError``."""

@@ -7,6 +7,7 @@ VS Code, a LangGraph agent)::
                suggest_names(description, n)  {"names": [...]} (structured content)
                ask(question)               the answer, as text
                deployment_status()         state, URL, KV-cache use, requests (structured)
+               list_models()               the router's models and their states, the deployments
     resources  dsagent://deployment/status       the same status, JSON
                dsagent://deployment/model-card   what is served and how to call it, Markdown
 
@@ -112,6 +113,11 @@ def _add_tools(server: MCPServer, backend: Backend) -> None:
     ) -> str:
         """Answer a question with the local model."""
         return await backend.call("ask", question, max_tokens=max_tokens)
+
+    @server.tool()
+    async def list_models() -> dict[str, Any]:
+        """List the models this machine serves (the router's, with their states, and the deployments)."""
+        return await backend.models()
 
     @server.tool()
     async def deployment_status() -> dict[str, Any]:

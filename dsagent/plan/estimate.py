@@ -24,7 +24,7 @@ from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, pl
 from .catalog import CATALOG, ModelSpec, resolve
 from .layouts import NEAR, LayoutChoice, compare_layouts, token_read_gib
 
-__all__ = ["choose_layout", "estimate", "recommend", "smaller_models"]
+__all__ = ["choose_layout", "estimate", "recommend", "smaller_models", "with_config"]
 
 
 def _layouts(config: Mapping[str, Any], gpus: int, nodes: int = 1) -> list[tuple[int, int]]:
@@ -118,7 +118,7 @@ def smaller_models(spec: ModelSpec) -> list[tuple[str, Mapping[str, Any]]]:
     return [(s.name, s.config) for s in sorted(family, key=lambda s: -_size(s.config))]
 
 
-def _with_config(model: str | ModelSpec) -> ModelSpec:
+def with_config(model: str | ModelSpec) -> ModelSpec:
     """``model`` resolved; refused when its architecture (config.json) is not known offline."""
     spec = model if isinstance(model, ModelSpec) else resolve(model)
     if not spec.config:
@@ -133,7 +133,7 @@ def choose_layout(model: str | ModelSpec, *, goal: str, gpu_memory_gib: float | 
                   **options: Any) -> LayoutChoice:
     """``dsagent estimate --goal``: every layout of ``model`` on these GPUs ranked for ``goal``
     (``latency`` or ``throughput``, see ``dsagent.plan.layouts``); the visible GPUs unless described."""
-    spec = _with_config(model)
+    spec = with_config(model)
     free, name = None, ""
     if gpu_memory_gib is None:
         seen = machine.visible_gpus(settings=settings)
@@ -156,7 +156,7 @@ def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpu
     GPUs are planned for, free memory included, and with none visible the CPU plan is returned.
     ``nodes``: the layout spans that many nodes of ``gpus`` GPUs each (TP within a node).
     """
-    spec = _with_config(model)
+    spec = with_config(model)
     free, name = None, ""
     if gpu_memory_gib is None:
         seen = machine.visible_gpus(settings=settings)

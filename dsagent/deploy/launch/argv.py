@@ -122,6 +122,8 @@ def _flags(o: ServeOptions, *, reasoning: bool, sampling: Mapping[str, float] | 
         argv += ["--tokenizer", o.tokenizer]
     if o.dummy_weights:
         argv += ["--load-format", "dummy"]
+    if o.sleep_mode and o.device != "cpu":
+        argv.append("--enable-sleep-mode")
     if reasoning:
         argv += ["--reasoning-parser", "deepseek_r1"]
     elif think_tags:
@@ -153,6 +155,10 @@ def plan_serve(
         env["VLLM_HOST_IP"] = options.node_ip
     if options.backend == "ray" and settings.ray_address:
         env["RAY_ADDRESS"] = settings.ray_address
+    if options.gpus is not None and options.device != "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, options.gpus))
+    if options.sleep_mode and options.device != "cpu":
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # /sleep and /wake_up; the key guard covers every path
     notes: list[str] = []
     o = _cpu_choices(options, context_limit, cpus, env, notes) if options.device == "cpu" else options
     # vLLM's CLI entry for several nodes or replicas (the API-server module ignores --headless)

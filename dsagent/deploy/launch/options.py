@@ -42,6 +42,12 @@ class ServeOptions:
     backend: str = "mp"
     """``mp``: vLLM's multi-node multiprocessing engine (``dsagent join`` on the other nodes);
     ``ray``: vLLM's Ray executor on the Ray cluster of ``RAY_ADDRESS`` (GPUs only)."""
+    gpus: tuple[int, ...] | None = None
+    """The GPUs (indices as ``nvidia-smi`` numbers them) this deployment may use
+    (``CUDA_VISIBLE_DEVICES``); ``None``: the ones this process sees."""
+    sleep_mode: bool = False
+    """vLLM's sleep mode (``--enable-sleep-mode``): the router can put the model to sleep and wake it
+    (GPUs only; the endpoints stay behind the deployment key)."""
 
     @property
     def world(self) -> int:
@@ -88,6 +94,8 @@ class ServeOptions:
         out += ["--dummy-weights"] if self.dummy_weights else []
         out += [f"--vllm-arg={a}" for a in self.extra_args]  # = keeps a value that looks like a flag a value
         out += ["--cpus", ",".join(map(str, self.cpus))] if self.cpus else []
+        out += ["--gpus", ",".join(map(str, self.gpus))] if self.gpus else []
+        out += ["--sleep-mode"] if self.sleep_mode else []
         return out
 
 

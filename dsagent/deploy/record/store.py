@@ -18,17 +18,14 @@ the others.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ...errors import NoDeploymentError, UnreadableRecordError
-from ...files import private_dir
+from ...files import locked, private_dir, write_private
 from ...settings import Settings
 from .names import NAME_RULE, files
 from .state import State
@@ -150,35 +147,13 @@ def _locked(settings: Settings, name: str) -> Iterator[Path]:
     """Hold deployment ``name``'s lock (an exclusive ``flock`` on ``<name>.lock``); yield the record's path."""
     f = files(settings, name)
     private_dir(settings.home)
-    private_dir(f.record.parent)
-    fd = os.open(f.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(f.lock):
         yield f.record
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _write(path: Path, dep: Deployment) -> None:
-    """Atomically replace ``path`` with ``dep``: a temporary file of this write alone, fsynced,
-    renamed over the record, then the folder fsynced (the rename survives a crash)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(dep.to_json(secrets=True), indent=2) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    """Atomically replace the record at ``path`` with ``dep`` (``files.write_private``)."""
+    write_private(path, json.dumps(dep.to_json(secrets=True), indent=2) + "\n")
 
 
 def _read(path: Path, name: str) -> Deployment | None:
