@@ -19,7 +19,7 @@ __all__ = ["add_command", "print_router"]
 
 
 def _serve_flags(args: argparse.Namespace) -> list[str]:
-    out = ["--host", args.host, "--port", str(args.port), "--wait", str(args.wait)]
+    out = ["--host", args.host, "--port", str(args.port or "auto"), "--wait", str(args.wait)]
     return out + (["--memory-gib", str(args.memory_gib)] if args.memory_gib is not None else [])
 
 
