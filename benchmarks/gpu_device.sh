@@ -6,6 +6,9 @@
 #   gpu_device.sh run OUT SHAPES [SIGKILL_SHAPES] [BUSY_SHAPES]: wait for the unpack, rehearse
 #   gpu_device.sh supervise OUT [SHAPE] [FAULTS]: wait for the unpack, SIGKILLs under --restart on-failure
 #     sampled by nvidia-smi (benchmarks/gpu_supervise.py; docs/supervise.md "Proven on a real GPU")
+#   gpu_device.sh router OUT [ALTERNATIONS] [PHASES]: wait for the unpack, `dsagent router` sleep/wake and packing
+#     with real vLLM (benchmarks/gpu_router.py; docs/router-gpu.md). With part 3 in one call:
+#     bash benchmarks/gpu_device.sh part 3 && bash benchmarks/gpu_device.sh router "$OUT"
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH=/tmp/site:/tmp/site2:$here PYTHONUNBUFFERED=1 DSAGENT_PYTHON=python3 DSAGENT_HOME=/tmp/dsh
@@ -47,6 +50,19 @@ supervise)
     --faults "${4:-api,engine,api}" --budget $((570 - SECONDS)) --out "$2/supervise.json"
   rc=$?
   tar czf "$2/logs.tgz" -C /tmp/dsh logs deployments 2>/dev/null
+  nvidia-smi --query-gpu=index,memory.used --format=csv
+  exit $rc
+  ;;
+router)
+  for _ in $(seq 300); do [ -e /tmp/site.done ] || [ -e /tmp/site.failed ] && break; sleep 1; done
+  [ -e /tmp/site.done ] || { echo "unpack failed"; cat /tmp/unpack.log; exit 1; }
+  mkdir -p /tmp/dsh
+  nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv
+  # the whole call has 600 s: what the unpack wait took comes off the run's budget
+  python3 benchmarks/gpu_router.py --tokenizer /tmp/stage/tok --alternations "${3:-20}" \
+    --phases "${4:-switch,coplace}" --budget $((575 - SECONDS)) --out "$2/router.json"
+  rc=$?
+  tar czf "$2/logs.tgz" -C /tmp/dsh logs deployments router.toml 2>/dev/null
   nvidia-smi --query-gpu=index,memory.used --format=csv
   exit $rc
   ;;

@@ -26,6 +26,7 @@ from fakehub import COMMIT, serve, tiny_repo
 
 import dsagent
 from dsagent.cli import main
+from dsagent.system.ports import free_port
 from dsagent.weights import sources
 from dsagent.weights.fetch import MANIFEST
 
@@ -72,7 +73,10 @@ def fetch_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_a_missing_repository_on_every_source_gets_each_reason_once_and_the_id_fix(capsys, monkeypatch):
     """The default order with a mirror set (mirror, hub, modelscope): one line per source, no
-    "skipped" echo before the error, no "trying the next source", and the fix for a wrong id."""
+    "skipped" echo before the error, no "trying the next source", and the fix for a wrong id.
+    The hub's address is a closed loopback port (no test traffic leaves the machine)."""
+    hub = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the connection is refused at once
+    monkeypatch.setattr(sources, "HF_ENDPOINT", hub)
     with serve(tiny_repo()) as fake:
         monkeypatch.setenv("HF_ENDPOINT", fake.url)
         monkeypatch.setenv("MODELSCOPE_ENDPOINT", fake.url)
@@ -82,7 +86,7 @@ def test_a_missing_repository_on_every_source_gets_each_reason_once_and_the_id_f
     assert rc == 2 and out == ""
     assert lines[0] == "error: could not fetch acme/nope from any source:"
     assert lines[1] == f"  mirror: acme/nope is not on {fake.url}, or is private"
-    assert lines[2].startswith("  hub: cannot connect to https://huggingface.co (")
+    assert lines[2].startswith(f"  hub: cannot connect to {hub} (")
     assert lines[3] == f"  modelscope: acme/nope is not on {fake.url}, or is private"
     assert lines[4:] == [f"  fix: {fix}"]
     assert "skipped" not in err and "trying" not in err

@@ -145,3 +145,46 @@ def test_the_need_comes_from_the_estimate():
     kv = plan.kv_cache_gib / plan.kv_cache_tokens * 8192 * 8  # 8 full sequences, not the whole card
     assert need.per_gpu == pytest.approx(fixed + kv, abs=0.01) and need.gpus == 1
     assert 19 < need.per_gpu < 21  # 7B in bf16 (14.3 GiB) beside 3.5 GiB of KV: four of them share an H100
+
+
+def test_the_router_runs_as_a_systemd_unit_restarted_on_failure(tmp_path):
+    """``dsagent router service`` writes a unit whose ExecStart is ``dsagent router serve`` with the
+    router's flags; a `serve` (up's alias) without --foreground is still refused."""
+    from dsagent.deploy.supervise.service import parse_unit, render_unit
+
+    env = {"DSAGENT_HOME": str(tmp_path / "home")}
+    out = run_cli("router", "service", "--user", "--dir", str(tmp_path / "units"), "--port", "8090", env=env)
+    assert out.returncode == 0, out.stderr
+    unit = parse_unit((tmp_path / "units" / "dsagent-router.service").read_text())
+    exec_start = unit["Service"]["ExecStart"][0]
+    assert exec_start.split()[3:] == ["router", "serve", "--host", "127.0.0.1", "--port", "8090", "--wait", "60.0"]
+    assert unit["Service"]["Restart"] == ["on-failure"]
+    assert stat.S_IMODE(os.stat(tmp_path / "units" / "dsagent-router.env").st_mode) == 0o600
+    with pytest.raises(InvalidOptionError, match="foreground"):
+        render_unit("s", ["python", "-m", "dsagent.cli", "serve", "smol"], {}, user=True, folder=tmp_path)
+
+
+def test_router_stop_never_signals_a_process_that_is_not_the_router(tmp_settings):
+    """A record naming a live stranger (its real pid and start time, no mark, not `router serve`)
+    is refused and the stranger lives on."""
+    import json
+    import subprocess
+    import time
+
+    import psutil
+
+    from dsagent.errors import StopError
+    from dsagent.files import write_private
+    from dsagent.router.serve import stop
+
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"pid": stranger.pid, "started_at": psutil.Process(stranger.pid).create_time(), "host": "127.0.0.1",
+                  "port": 9, "models": {}, "updated": time.time()}
+        write_private(tmp_settings.home / "router.json", json.dumps(record))
+        with pytest.raises(StopError, match="is not this home's router"):
+            stop(tmp_settings, timeout=2)
+        assert stranger.poll() is None  # never signalled
+    finally:
+        stranger.kill()
+        stranger.wait()

@@ -1,14 +1,16 @@
 """``dsagent router``: many models behind one address, loaded on demand (``dsagent models add`` lists them).
 
 ``serve`` runs it in the foreground (what a systemd unit or a terminal runs); ``start`` runs it
-detached and returns once it answers; ``stop`` ends it and every model it started; ``status``
-prints its models' states.
+detached and returns once it answers; ``service`` writes a systemd unit running ``serve`` with
+``Restart=on-failure`` (``dsagent service uninstall router`` removes it); ``stop`` ends it and every
+model it started; ``status`` prints its models' states.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -41,6 +43,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from .service import install_unit
+
+    return install_unit("router", [sys.executable, "-m", "dsagent.cli", "router", "serve", *_serve_flags(args)], args)
+
+
 def print_router(info: Any) -> None:
     """The router's lines of ``dsagent status``."""
     print(f"router: {info.base_url}  pid {info.pid}")
@@ -70,7 +78,9 @@ def add_command(sub: Any) -> None:
                        description=__doc__)
     verbs = p.add_subparsers(dest="router_command", required=True)
     for verb, func, text in (("serve", cmd_serve, "run in the foreground until Ctrl-C / SIGTERM"),
-                             ("start", cmd_start, "run in the background; return once it answers")):
+                             ("start", cmd_start, "run in the background; return once it answers"),
+                             ("service", cmd_service, "write dsagent-router.service (systemd) running "
+                              "`dsagent router serve`, restarted on failure")):
         v = verbs.add_parser(verb, help=text, description=text)
         v.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
         v.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port, or 'auto' (default {DEFAULT_PORT})")
@@ -78,6 +88,10 @@ def add_command(sub: Any) -> None:
                        help="seconds a request waits for its model to load before a 503 (default 60)")
         v.add_argument("--memory-gib", type=float,
                        help="host RAM the router may fill with CPU models (default: 80%% of what is free)")
+        if verb == "service":
+            from .service import add_unit_flags
+
+            add_unit_flags(v)
         v.set_defaults(func=func)
     verbs.add_parser("stop", help="stop the router and every model it started").set_defaults(func=cmd_stop)
     s = verbs.add_parser("status", help="the router's models and their states")

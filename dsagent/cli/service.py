@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..plan.catalog import DEFAULT_CPU_MODEL, resolve
 from ._common import add_restart_flags, add_serve_flags, restart_policy, serve_options, settings
 
-__all__ = ["add_command"]
+__all__ = ["add_command", "add_unit_flags", "install_unit"]
 
 def _name(args: argparse.Namespace) -> str:
     if args.name:
@@ -34,8 +34,13 @@ def _name(args: argparse.Namespace) -> str:
 
 def cmd_install(args: argparse.Namespace) -> int:
     policy, options = restart_policy(args), serve_options(args)  # bad flags are refused here, not at boot
-    home, name = settings(), _name(args)
-    argv = up_command(args.model, name, options, policy)
+    name = _name(args)
+    return install_unit(name, up_command(args.model, name, options, policy), args)
+
+
+def install_unit(name: str, argv: list[str], args: argparse.Namespace) -> int:
+    """Write (or ``--print``) the unit ``dsagent-NAME.service`` running ``argv`` (``add_unit_flags``' options)."""
+    home = settings()
     env = {**dict(home.exported), "DSAGENT_HOME": str(home.home)}
     run_as = service_user(args.run_as or "", user=args.user, euid=os.geteuid(), sudo_user=home.sudo_user,
                           me=pwd.getpwuid(os.geteuid()).pw_name)
@@ -58,18 +63,25 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_unit_flags(p: argparse.ArgumentParser, *, install: bool = True) -> None:
+    """Where the unit goes (``--user``, ``--dir``) and, to install, ``--print`` and ``--run-as``."""
+    p.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user), not a system one")
+    p.add_argument("--dir", help="write the unit here instead of systemd's folder")
+    if install:
+        p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+        p.add_argument("--run-as", metavar="USER", help="the account a system unit runs as (default: yours; as "
+                       "root, the one that ran sudo); the account that owns DSAGENT_HOME")
+
+
 def add_command(sub: Any) -> None:
     p = sub.add_parser("service", help="install or remove a systemd unit that keeps a deployment up")
     verbs = p.add_subparsers(dest="action", required=True)
     i = verbs.add_parser("install", help="write dsagent-NAME.service running `dsagent up --foreground`")
     add_serve_flags(i)
     add_restart_flags(i, default="on-failure")
-    for q in (i, u := verbs.add_parser("uninstall", help="remove dsagent-NAME.service")):
-        q.add_argument("--user", action="store_true", help="a user unit (~/.config/systemd/user), not a system one")
-        q.add_argument("--dir", help="write the unit here instead of systemd's folder")
-    i.add_argument("--print", action="store_true", help="print the unit instead of writing it")
-    i.add_argument("--run-as", metavar="USER", help="the account a system unit runs as (default: yours; as root, "
-                   "the one that ran sudo); the account that owns DSAGENT_HOME")
+    add_unit_flags(i)
+    u = verbs.add_parser("uninstall", help="remove dsagent-NAME.service (NAME: a deployment, or router)")
+    add_unit_flags(u, install=False)
     i.set_defaults(func=cmd_install)
     u.add_argument("name", help="the deployment's name")
     u.set_defaults(func=cmd_uninstall)

@@ -29,7 +29,7 @@ from ..errors import InvalidOptionError, PortInUseError, StartupError, StopError
 from ..files import write_private
 from ..settings import Settings
 from ..system import procs
-from ..system.ports import free_port, port_is_free
+from ..system.ports import free_port, is_loopback, port_is_free
 from .catalogue import Entry, catalogue_file, load
 from .engines import Engines, VllmEngines, capacity_here
 from .manager import Router
@@ -133,6 +133,10 @@ def run(settings: Settings | None = None, *, host: str = "127.0.0.1", port: int 
     if find(settings) is not None:
         raise InvalidOptionError("a router of this home already runs", "stop it first: dsagent router stop",
                                  option="router")
+    if not is_loopback(host):
+        print(f"WARNING: the router listens on {host}:{port}, not on loopback: anyone who can reach this machine "
+              "and holds the key can use every catalogued model (and make it load). Use --host 127.0.0.1 unless "
+              "you mean it.", file=sys.stderr, flush=True)
     if port == 0:
         port = free_port(host)
     elif not port_is_free(host, port):

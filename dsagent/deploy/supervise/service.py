@@ -196,9 +196,9 @@ class UnitFile:
 
 def render_unit(name: str, argv: Sequence[str], env: Mapping[str, str], *, user: bool, folder: Path,
                 run_as: str = "", start_limit: int = 5, start_window: float = 600.0, workdir: str = "") -> UnitFile:
-    """The unit that runs ``argv`` (a ``dsagent up ... --foreground`` command), to be written into
+    """The unit that runs ``argv`` (``dsagent up ... --foreground`` or ``dsagent router serve``), to be written into
     ``folder``, with ``env`` in its environment file beside it."""
-    if "--foreground" not in argv:
+    if "--foreground" not in argv and list(argv[3:5]) != ["router", "serve"]:  # `router serve` is foreground
         raise InvalidOptionError("the unit's command must run in the foreground", "add --foreground",
                                  option="--foreground")
     shell = UnitFile(unit_name(name), "", folder)
@@ -207,7 +207,8 @@ def render_unit(name: str, argv: Sequence[str], env: Mapping[str, str], *, user:
                                  "this machine", option="--run-as", value=run_as)
     lines = [
         "[Unit]",
-        f"Description=dsagent deployment {name} (vLLM, supervised)",
+        f"Description=dsagent {'router' if list(argv[3:5]) == ['router', 'serve'] else 'deployment ' + name} "
+        "(vLLM, supervised)",
         "After=network-online.target",
         "Wants=network-online.target",
         f"StartLimitIntervalSec={start_window:.0f}",
