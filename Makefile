@@ -20,7 +20,7 @@ PIP_SOURCES := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # break transformers' imports; nothing text-only needs them.
 MISMATCHED := torchvision torchaudio torchcodec
 
-.PHONY: install demo test test-fast bench clean stop
+.PHONY: install browser demo test test-fast bench clean stop
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,14 @@ demo: install
 #   make test TEST_ARGS="-n 2 --randomly-seed=N"   repeats that order
 #   make test TEST_ARGS="-p no:randomly"           one process, file order
 TEST_ARGS ?= -n 2
-test: install
+test: install browser
 	$(BIN)/python -m pytest $(TEST_ARGS)
+
+# The console's tests drive Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+	  || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; } \
+	  || echo "could not install chromium (apt-get install chromium, as root): the console's tests will say so"; }
 
 # Everything that needs no vLLM server (the inner loop: 80 s measured): `make test` before a push.
 test-fast: install

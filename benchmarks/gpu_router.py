@@ -486,41 +486,56 @@ def analyze(res: dict[str, Any]) -> dict[str, Any]:
             m["wake_over_cold_max"] = round(m["wake_s_router_max"] / m["cold_load_s"], 4)
             m["wake_over_cold_median"] = round((m["wake_s_router_median"] or 0) / m["cold_load_s"], 4)
         out["models"][name] = m
-    # loaded use and residue per model, from nvidia-smi
-    qb = cold.get("big")
-    qm = cold.get("mid")
+    # Loaded use and residue per model. vLLM's own line at each sleep ("Sleep mode freed X GiB, Y GiB is
+    # still in use", Y device-wide): big's first sleep comes while it is alone on the card (Y = its
+    # residue); mid's first sleep while big sleeps (Y = both residues). Loaded = freed + residue (the first
+    # sleep: as loaded cold; later ones: as woken). nvidia-smi cross-checks each figure.
+    gib = 1024
+    fb = (out["models"].get("big") or {}).get("freed_and_still_used_gib") or []
+    fm = (out["models"].get("mid") or {}).get("freed_and_still_used_gib") or []
+    if fb:
+        big = out["models"]["big"]
+        big["asleep_gib"] = rb = fb[0][1]
+        big["loaded_cold_gib"] = round(fb[0][0] + rb, 2)
+        big["loaded_woken_gib"] = round(fb[1][0] + rb, 2) if len(fb) > 1 else None
+        if fm:
+            mid = out["models"]["mid"]
+            mid["asleep_gib"] = rm = round(fm[0][1] - rb, 2)
+            mid["loaded_cold_gib"] = round(fm[0][0] + rm, 2)
+            mid["loaded_woken_gib"] = round(fm[1][0] + rm, 2) if len(fm) > 1 else None
+            big["both_asleep_gib"] = mid["both_asleep_gib"] = fm[0][1]
+        for m in (out["models"].get("big"), out["models"].get("mid")):
+            if m and m.get("asleep_gib") is not None:
+                m["asleep_over_loaded_cold"] = round(m["asleep_gib"] / m["loaded_cold_gib"], 4)
+                if m.get("loaded_woken_gib"):
+                    m["asleep_over_loaded_woken"] = round(m["asleep_gib"] / m["loaded_woken_gib"], 4)
+    qb, qm = cold.get("big"), cold.get("mid")
+    smi: dict[str, Any] = {}
     if qb:
-        out["models"]["big"]["loaded_mib"] = qb["used_after_mib"] - base  # alone on the card
+        smi["big_alone_loaded_mib"] = qb["used_after_mib"] - base
     if qb and qm:
-        # big's residue: the lowest reading between the 'mid' request and the first memory of mid's engine:
-        # mid's cold start spends tens of seconds before its engine allocates; big is asleep by then
+        # the lowest reading within 20 s of big's first sleep: mid's engine holds nothing yet by then
         asleep_t = next((t for t, v in states if isinstance(v, dict) and v.get("big", [""])[0] == "sleeping"
                          and not v["big"][1] and t >= qm["t"]), None)
-        if asleep_t is not None:
-            window = [u for t, u in mem if asleep_t <= t <= asleep_t + 20 and u is not None]
-            res_big = min(window) - base if window else None
-            out["models"]["big"]["asleep_mib"] = res_big
-            out["models"]["big"]["asleep_seen_t"] = asleep_t
-            if res_big is not None:
-                out["models"]["mid"]["loaded_mib"] = qm["used_after_mib"] - base - res_big
-    # mid's residue: after a switch to big, used = big loaded + mid asleep
-    to_big = [q for q in switches if q["model"] == "big" and q.get("status") == 200]
-    if to_big and "loaded_mib" in out["models"].get("big", {}):
-        vals = [q["used_after_mib"] - base - out["models"]["big"]["loaded_mib"] for q in to_big]
-        out["models"]["mid"]["asleep_mib"] = _med(vals)
-        out["models"]["mid"]["asleep_mib_all"] = vals
-    to_mid = [q for q in switches if q["model"] == "mid" and q.get("status") == 200]
-    if to_mid and "loaded_mib" in out["models"].get("mid", {}):
-        vals = [q["used_after_mib"] - base - out["models"]["mid"]["loaded_mib"] for q in to_mid]
-        out["models"]["big"]["asleep_mib_switches"] = vals
+        window = [u for t, u in mem if asleep_t is not None and asleep_t <= t <= asleep_t + 20 and u is not None]
+        if window:
+            smi["big_asleep_alone_mib"] = min(window) - base
+        smi["mid_loaded_big_asleep_mib"] = qm["used_after_mib"] - base
+    for name, other in (("big", "mid"), ("mid", "big")):
+        after = [q["used_after_mib"] - base for q in switches if q["model"] == name and q.get("status") == 200]
+        if after:
+            smi[f"{name}_woken_{other}_asleep_mib"] = sorted(set(after))
+            m, o = out["models"].get(name, {}), out["models"].get(other, {})
+            if m.get("loaded_woken_gib") and o.get("asleep_gib") is not None:
+                smi[f"{name}_woken_{other}_asleep_predicted_mib"] = round((m["loaded_woken_gib"] + o["asleep_gib"]) * gib)
+    out["nvidia_smi"] = smi
     for name in ("big", "mid"):
         m = out["models"].get(name, {})
-        if m.get("loaded_mib") and m.get("asleep_mib") is not None:
-            m["asleep_over_loaded"] = round(m["asleep_mib"] / m["loaded_mib"], 4)
-        # vLLM's own figure: the residue when this model fell asleep first (big: alone; mid: beside big asleep)
-    fs = out["models"].get("big", {}).get("freed_and_still_used_gib") or []
-    if fs:
-        out["models"]["big"]["vllm_still_used_first_sleep_gib"] = fs[0][1]
+        log_sleeps = m.get("sleep_s_vllm") or []
+        log_wakes = m.get("wake_s_vllm") or []
+        m["first_sleep_s"] = log_sleeps[0] if log_sleeps else None
+        m["later_sleep_s_median"] = _med(log_sleeps[1:])
+        m["wake_s_vllm_median"] = _med(log_wakes)
     # switches
     ok = [q for q in switches if q.get("status") == 200]
     out["switches"] = {
@@ -542,6 +557,7 @@ def analyze(res: dict[str, Any]) -> dict[str, Any]:
                           "states": {n: v.get("state") for n, v in cp["view"].items()},
                           "together_status": [q.get("status") for q in tog],
                           "together_first_token_s": [q.get("first_token_s") for q in tog],
+                          "together_first_chunk_s": [q.get("first_chunk_s") for q in tog],
                           "after": cp.get("after"),
                           "shares": {n: deps.get(n, {}).get("gpu_memory_utilization") for n in ("mid", "small")},
                           "need_gib": {n: cp["view"][n].get("need_gib") for n in ("mid", "small")}}
@@ -550,7 +566,8 @@ def analyze(res: dict[str, Any]) -> dict[str, Any]:
     goals = {}
     if "big" in models and "mid" in models:
         goals["wake_at_most_tenth_of_cold"] = all(models[n].get("wake_over_cold_max", 1) <= 0.1 for n in ("big", "mid"))
-        goals["asleep_at_most_10pct_of_loaded"] = all((models[n].get("asleep_over_loaded") or 1) <= 0.1
+        goals["asleep_at_most_10pct_of_loaded"] = all(max(models[n].get("asleep_over_loaded_cold") or 1,
+                                                          models[n].get("asleep_over_loaded_woken") or 0) <= 0.1
                                                       for n in ("big", "mid"))
     if switches:
         goals["no_oom_all_200"] = len(ok) == len(switches) and out["switches"]["oom_lines"] == 0
@@ -578,6 +595,7 @@ def print_report(res: dict[str, Any], s: dict[str, Any]) -> None:
     print()
     for name, mm in s["models"].items():
         print(f"{name}: {json.dumps({k: v for k, v in mm.items() if k not in ('vllm_workers',)}, default=str)}")
+    print(f"nvidia-smi: {json.dumps(s.get('nvidia_smi'))}")
     print(f"switches: {json.dumps(s['switches'])}")
     print(f"warm first token (median) {s['warm_first_token_s_median']} s")
     print(f"coplace: {json.dumps(s.get('coplace'), default=str)}")
@@ -612,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=560, help="seconds the whole run may take (stop included)")
     ap.add_argument("--reserve", type=float, default=45, help="seconds kept for the stop and the checks")
     ap.add_argument("--analyze", metavar="JSON", help="analyze a saved run instead of running")
-    ap.add_argument("--trim", metavar="JSON", help="with --analyze: also write a copy for docs/ here")
+    ap.add_argument("--trim", metavar="JSON", help="with --analyze: also write a copy for docs/ here (indented)")
+    ap.add_argument("--decimate", action="store_true", help="with --trim: keep only memory samples that change")
     args = ap.parse_args(argv)
     if args.analyze:
         res = json.loads(Path(args.analyze).read_text())
@@ -624,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and not args.analyze:
         Path(args.out).write_text(json.dumps(res, default=str))
     if args.trim:
-        Path(args.trim).write_text(json.dumps(trim(res), indent=1, default=str) + "\n")
+        Path(args.trim).write_text(json.dumps(trim(res) if args.decimate else res, indent=1, default=str) + "\n")
     print_report(res, s)
     return 0 if all(s["goals"].values()) else 1
 

@@ -43,7 +43,7 @@ LAYERS = [
     {"deploy"},
     {"router"},
     {"clients"},
-    {"mcp", "cli", "demo"},
+    {"mcp", "cli", "demo", "console"},
 ]
 
 
@@ -232,4 +232,4 @@ def test_help_lists_every_verb(cli):
     assert out.returncode == 0
     listed = re.findall(r"^    ([a-z]+) +\S", out.stdout, re.M)
     assert listed == ["up", "serve", "join", "fetch", "estimate", "status", "ps", "logs", "stop", "models", "router",
-                      "mcp", "service"], out.stdout
+                      "mcp", "service", "console"], out.stdout

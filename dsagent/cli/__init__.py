@@ -12,6 +12,7 @@ module                     commands
 ``models``                 ``models``, ``models add``, ``models remove`` (the router's catalogue)
 ``router``                 ``router serve|start|stop|status`` (many models behind one address)
 ``mcp``                    ``mcp``, ``mcp config``
+``console``                ``console`` (the web console)
 =========================  ================================================================
 """
 
@@ -22,11 +23,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DsagentError
-from . import estimate, fetch, join, mcp, models, router, service, status, stop, up
+from . import console, estimate, fetch, join, mcp, models, router, service, status, stop, up
 
 __all__ = ["build_parser", "main"]
 
-VERBS = (up, join, fetch, estimate, status, stop, models, router, mcp, service)
+VERBS = (up, join, fetch, estimate, status, stop, models, router, mcp, service, console)
 
 
 def build_parser() -> argparse.ArgumentParser:

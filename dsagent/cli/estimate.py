@@ -19,7 +19,7 @@ from .estimate_layouts import render_choice
 __all__ = ["add_command", "render", "run"]
 
 BAR = 50
-NO_GPU = "no GPU visible (nvidia-ml-py found none): showing the CPU plan; pass --gpu-memory-gib to plan a GPU machine"
+NO_GPU = planner.NO_GPU
 ASSUMED = "assumed: the newest release the estimate is calibrated for; --vllm-version X.Y.Z plans another"
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(plan, CpuPlan):
         return _cpu(plan, spec.name, args.json)
     if args.json:
-        print(json.dumps({**plan.to_dict(), "model": spec.name}, indent=2))
+        print(json.dumps(planner.plan_json(plan, spec.name), indent=2))
     else:
         print(render(plan, spec.name, assumed=args.vllm_version is None))
     return 0 if plan.fits else 1
@@ -87,13 +87,8 @@ def _goal(args: argparse.Namespace, spec: Any) -> int:
 
 
 def _cpu(plan: CpuPlan, name: str, as_json: bool) -> int:
-    data = {"fits": True, "weights_gib": round(plan.weights_gib, 3), "kv_cache_gib": plan.kv_cache_gib,
-            "kv_cache_tokens": plan.kv_cache_tokens, "max_concurrency": round(plan.max_concurrency, 2),
-            "max_model_len_fit": plan.max_model_len_fit, "model": name,
-            "detail": {"backend": "cpu", "note": NO_GPU, "ram_available_gib": round(plan.ram_available_gib, 2),
-                       "max_model_len": plan.max_model_len}}
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(planner.plan_json(plan, name), indent=2))
         return 0
     print(NO_GPU, file=sys.stderr)
     print(f"{name} on CPU: weights {plan.weights_gib:.2f} GiB, KV cache {plan.kv_cache_gib} GiB "

@@ -63,6 +63,7 @@ def report(dep: Deployment, *, settings: Settings | None = None) -> dict[str, An
         "dtype": dep.dtype,
         "max_model_len": dep.max_model_len,
         "vllm_version": dep.vllm_version,
+        "started_at": dep.started_at,
         "reason": dep.reason if state in (State.FAILED, State.CRASHED, State.UNHEALTHY, State.RESTARTING) else "",
         "restart": _restart(dep, state),
         "estimate": dep.estimate,

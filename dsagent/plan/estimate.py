@@ -24,7 +24,7 @@ from .budget import CpuPlan, GpuPlan, check_layout, check_nodes, cpu_context, pl
 from .catalog import CATALOG, ModelSpec, resolve
 from .layouts import NEAR, LayoutChoice, compare_layouts, token_read_gib
 
-__all__ = ["choose_layout", "estimate", "recommend", "smaller_models", "with_config"]
+__all__ = ["NO_GPU", "choose_layout", "estimate", "plan_json", "recommend", "smaller_models", "with_config"]
 
 
 def _layouts(config: Mapping[str, Any], gpus: int, nodes: int = 1) -> list[tuple[int, int]]:
@@ -189,3 +189,17 @@ def estimate(model: str | ModelSpec, *, gpu_memory_gib: float | None = None, gpu
                      max_model_len=max_model_len, smaller_models=smaller_models(spec),
                      **{k: v for k, v in kw.items() if k not in {"dp", "expert_parallel"}})
     return replace(plan, suggestions=hint.suggestions or ((f"--tp {hint.tp} --pp {hint.pp} fits",) if hint.fits else ()))
+
+
+NO_GPU = "no GPU visible (nvidia-ml-py found none): showing the CPU plan; pass --gpu-memory-gib to plan a GPU machine"
+
+
+def plan_json(plan: GpuPlan | CpuPlan, name: str) -> dict[str, Any]:
+    """The plan as ``dsagent estimate --json`` prints it (and the console draws it)."""
+    if isinstance(plan, CpuPlan):
+        return {"fits": True, "weights_gib": round(plan.weights_gib, 3), "kv_cache_gib": plan.kv_cache_gib,
+                "kv_cache_tokens": plan.kv_cache_tokens, "max_concurrency": round(plan.max_concurrency, 2),
+                "max_model_len_fit": plan.max_model_len_fit, "model": name,
+                "detail": {"backend": "cpu", "note": NO_GPU, "ram_available_gib": round(plan.ram_available_gib, 2),
+                           "max_model_len": plan.max_model_len}}
+    return {**plan.to_dict(), "model": name}

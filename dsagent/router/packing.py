@@ -11,8 +11,8 @@ never one still loading): slept where they may sleep, stopped otherwise, until i
 >>> p = plan_load("b", Need(per_gpu=40.0, gpus=1), [a], cap)
 >>> p.fits, p.evict, p.gpus
 (True, (('a', 'sleep'),), (0,))
->>> round(p.gpu_memory_utilization, 3)
-0.5
+>>> p.gpu_memory_utilization   # (40 - 2 held outside vLLM's share) / 80
+0.475
 """
 
 from __future__ import annotations
@@ -21,11 +21,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["SLEEP_RESIDUE_GIB", "Capacity", "LoadPlan", "Need", "Resident", "need_of", "plan_load"]
+__all__ = ["OUTSIDE_SHARE_GIB", "SLEEP_RESIDUE_GIB", "Capacity", "LoadPlan", "Need", "Resident", "need_of",
+           "plan_load"]
 
-SLEEP_RESIDUE_GIB = 1.0
-"""What a model asleep at level 1 still holds on each of its GPUs (CUDA context, allocator pools);
-vLLM's sleep-mode write-up and our own GPU runs measure well under this."""
+SLEEP_RESIDUE_GIB = 2.0
+"""What a model asleep at level 1 still holds on each of its GPUs (CUDA context, CUDA graph pool,
+non-torch memory): measured 2.0 GiB (Qwen-14B shape) and 1.85 GiB (Qwen-7B shape) on an H100 with
+vLLM 0.26 (docs/router-gpu.md)."""
+
+OUTSIDE_SHARE_GIB = 2.0
+"""What a vLLM GPU server holds beyond its ``--gpu-memory-utilization`` share (CUDA context and
+graphs outside its budget): measured 1.5-2.0 GiB for 1.5B-14B shapes on an H100 with vLLM 0.26
+(docs/router-gpu.md). Each model's need counts it; its launched share does not."""
 
 CPU_RUNTIME_GIB = 1.5
 """What a vLLM CPU server holds beside its weights and KV cache (interpreter, torch, the engine
@@ -89,15 +96,15 @@ plan's rule); the rest of the GPU stays for the models beside it."""
 def need_of(plan: Mapping[str, Any], *, device: str, gpus: int = 1) -> Need:
     """A model's need from its estimate (``plan_gpu``'s or ``plan_cpu``'s dict): on a GPU the
     busiest worker's weights, activation and overheads plus a KV cache of ``KV_SEQUENCES`` full
-    sequences (the share of the GPU it is then launched with); on the CPU weights, KV cache and
-    the runtime.
+    sequences (the share of the GPU it is then launched with) and ``OUTSIDE_SHARE_GIB``; on the
+    CPU weights, KV cache and the runtime.
 
     >>> need_of({"weights_gib": 0.5, "kv_cache_gib": 1}, device="cpu").host
     3.0
     >>> plan = {"kv_cache_gib": 8.0, "kv_cache_tokens": 65536, "detail": {"max_model_len": 4096, "workers": [
     ...     {"weights_gib": 14.0, "activation_gib": 1.0, "non_torch_gib": 0.2, "cuda_graph_gib": 0.8}]}}
-    >>> need_of(plan, device="gpu")   # 16 GiB fixed + 8 x 4096 tokens at 8/65536 GiB each
-    Need(per_gpu=20.0, gpus=1, host=0.0)
+    >>> need_of(plan, device="gpu")   # 16 GiB fixed + 8 x 4096 tokens at 8/65536 GiB each + 2
+    Need(per_gpu=22.0, gpus=1, host=0.0)
     """
     if device == "cpu":
         return Need(host=float(plan.get("weights_gib", 0.0)) + float(plan.get("kv_cache_gib", 0.0)) + CPU_RUNTIME_GIB)
@@ -108,7 +115,7 @@ def need_of(plan: Mapping[str, Any], *, device: str, gpus: int = 1) -> Need:
     tokens = int(plan.get("kv_cache_tokens") or 0)
     per_token = float(plan.get("kv_cache_gib") or 0.0) / tokens if tokens else 0.0
     kv = per_token * int(detail.get("max_model_len") or 0) * KV_SEQUENCES
-    return Need(per_gpu=round(fixed + kv, 3), gpus=gpus)
+    return Need(per_gpu=round(fixed + kv + OUTSIDE_SHARE_GIB, 3), gpus=gpus)
 
 
 def _held(r: Resident) -> tuple[float, float]:
@@ -163,7 +170,8 @@ def plan_load(model: str, need: Need, residents: Sequence[Resident], cap: Capaci
         free, host = _free(now, cap)
         where = _place(need, free, host, pinned)
         if where is not None:
-            share = min(1.0, round(need.per_gpu / min(cap.gpus[i] for i in where), 4)) if need.gpus else None
+            inside = max(need.per_gpu - OUTSIDE_SHARE_GIB, 0.0)
+            share = min(1.0, round(inside / min(cap.gpus[i] for i in where), 4)) if need.gpus else None
             return LoadPlan(model, True, where, share, _last_word(evict))
     return LoadPlan(model, False, reason=_why(model, need, residents, cap))
 

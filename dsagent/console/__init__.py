@@ -1,0 +1,1 @@
+"""The web console: plan, deployments, GPUs and a chat, served on loopback behind the key (``app``)."""
