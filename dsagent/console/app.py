@@ -122,131 +122,164 @@ def _gpus(settings: Settings) -> tuple[list[dict[str, Any]], dict[int, str]]:
     return [g.__dict__ for g in seen], {i: ", ".join(v) for i, v in holders.items()}
 
 
+def _state(request: Request) -> tuple[Settings, Sessions, Sampler]:
+    st = request.app.state
+    return st.settings, st.sessions, st.sampler
+
+
+async def login_form(request: Request) -> Response:
+    _, sessions, _ = _state(request)
+    if request.method == "GET":
+        return HTMLResponse(views.login_page())
+    form = await request.form()
+    token = sessions.login(str(form.get("key", "")))
+    if token is None:
+        return HTMLResponse(views.login_page("That is not the deployment key."), status_code=401)
+    return RedirectResponse("/", status_code=303, headers={"set-cookie": sessions.cookie(token)})
+
+
+async def logout(request: Request) -> Response:
+    from .auth import COOKIE
+
+    _state(request)[1].logout(request.cookies.get(COOKIE, ""))
+    return RedirectResponse("/login", status_code=303, headers={"set-cookie": f"{COOKIE}=; Max-Age=0; Path=/"})
+
+
+def _fragment(settings: Settings, sampler: Sampler) -> str:
+    rows = reports(settings)
+    tails = {r["name"]: log_tail(r["log_file"], 12) for r in rows if r.get("log_file") and r["state"] != "ready"}
+    return views.deployments_rows(rows, _router_view(settings), sampler.rates, tails)
+
+
+async def home(request: Request) -> Response:
+    settings, _, sampler = _state(request)
+    rows = await asyncio.to_thread(_fragment, settings, sampler)
+    body = f'<h1>Deployments</h1><div id="deploy" data-refresh="/fragment/deploy">{rows}</div>'
+    return HTMLResponse(views.page("Deployments", body, active="/"))
+
+
+async def fragment(request: Request) -> Response:
+    settings, _, sampler = _state(request)
+    return HTMLResponse(await asyncio.to_thread(_fragment, settings, sampler))
+
+
+async def stop_one(request: Request) -> Response:
+    from ..deploy.stop import stop
+
+    settings, name = _state(request)[0], request.path_params["name"]
+    try:
+        result = (await asyncio.to_thread(lambda: stop(name, settings=settings)))[0]
+    except DsagentError as err:
+        return JSONResponse({"error": str(err)}, status_code=400)
+    return JSONResponse({"name": name, "stopped": not result.problem, "ended": len(result.ended),
+                         "problem": result.problem})
+
+
+async def restart_one(request: Request) -> Response:
+    """Stop the deployment and start it again with its recorded options (not waiting for ready)."""
+    from ..deploy.launch.options import ServeOptions
+    from ..deploy.stop import stop
+    from ..deploy.up import up
+
+    settings, name = _state(request)[0], request.path_params["name"]
+    dep = await asyncio.to_thread(load, settings, name)
+    if dep is None:
+        return JSONResponse({"error": f"no deployment named {name!r}"}, status_code=404)
+
+    def again() -> None:
+        stop(name, settings=settings)
+        up(dep.model_path, options=ServeOptions.from_dict(dep.options), name=name, settings=settings,
+           wait_ready=False)
+
+    try:
+        await asyncio.to_thread(again)
+    except DsagentError as err:
+        return JSONResponse({"error": str(err)}, status_code=400)
+    return JSONResponse({"name": name, "restarting": True})
+
+
+PLAN_FIELDS = ("model", "gpus", "gpu_memory_gib", "tp", "pp", "max_model_len", "dtype")
+
+
+async def plan(request: Request) -> Response:
+    from ..plan import estimate as planner
+    from ..plan.catalog import CATALOG, resolve
+
+    form = {k: v for k, v in request.query_params.items() if k in PLAN_FIELDS and len(v) < 300}
+    models = [s.name for s in CATALOG]
+    if not form.get("model"):
+        return HTMLResponse(views.plan_page(models, form, None))
+    try:
+        num = {k: (float(form[k]) if k == "gpu_memory_gib" else int(form[k]))
+               for k in ("gpus", "gpu_memory_gib", "tp", "pp", "max_model_len") if form.get(k)}
+        spec = resolve(form["model"])
+        result = await asyncio.to_thread(lambda: planner.estimate(spec, dtype=form.get("dtype") or "auto", **num))
+    except (DsagentError, ValueError) as err:
+        return HTMLResponse(views.plan_page(models, form, None, str(err)), status_code=400)
+    return HTMLResponse(views.plan_page(models, form, planner.plan_json(result, spec.name)))
+
+
+async def gpus(request: Request) -> Response:
+    settings, _, sampler = _state(request)
+    seen, holders = await asyncio.to_thread(_gpus, settings)
+    return HTMLResponse(views.gpus_page(seen, holders, {i: list(v) for i, v in sampler.gpu_used.items()}))
+
+
+async def try_it(request: Request) -> Response:
+    return HTMLResponse(views.try_page(await asyncio.to_thread(_ready_models, _state(request)[0])))
+
+
+async def chat(request: Request) -> Response:
+    """Relay a streamed chat to a ready model (a deployment, or the router's) with the key."""
+    settings = _state(request)[0]
+    body = await request.json()
+    name, messages = body.get("model"), body.get("messages")
+    if not isinstance(name, str) or not isinstance(messages, list):
+        return JSONResponse({"error": "send {model, messages}"}, status_code=400)
+    router = _router_view(settings)
+    ready = await asyncio.to_thread(_ready_models, settings)
+    dep = await asyncio.to_thread(load, settings, name) if name in ready else None
+    base = router["base_url"] if router and name in router["models"] else dep.base_url if dep else None
+    if base is None:
+        return JSONResponse({"error": f"{name!r} is not a ready model here"}, status_code=404)
+    payload: dict[str, Any] = {"model": name, "messages": messages, "stream": True,
+                               "max_tokens": int(body.get("max_tokens", 256)), "stream_options": {"include_usage": True}}
+    if isinstance(body.get("temperature"), (int, float)):
+        payload["temperature"] = float(body["temperature"])
+    return StreamingResponse(_relay(base, settings.api_key(), payload), media_type="text/event-stream")
+
+
+async def static(request: Request) -> Response:
+    path = STATIC / request.path_params["file"]
+    if path.parent != STATIC or not path.is_file():
+        return Response(status_code=404)
+    return FileResponse(path)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    task = asyncio.create_task(app.state.sampler.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+ROUTES = [
+    Route("/login", login_form, methods=["GET", "POST"]), Route("/logout", logout, methods=["POST"]),
+    Route("/", home), Route("/fragment/deploy", fragment), Route("/plan", plan), Route("/gpus", gpus),
+    Route("/try", try_it), Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/stop/{name}", stop_one, methods=["POST"]), Route("/api/restart/{name}", restart_one, methods=["POST"]),
+    Route("/static/{file}", static),
+]
+
+
 def build_app(settings: Settings) -> Any:
     """The console's ASGI app for ``settings``' home, behind its key."""
-    sessions, sampler = Sessions(settings.api_key()), Sampler(settings)
-
-    async def login_form(request: Request) -> Response:
-        if request.method == "GET":
-            return HTMLResponse(views.login_page())
-        form = await request.form()
-        token = sessions.login(str(form.get("key", "")))
-        if token is None:
-            return HTMLResponse(views.login_page("That is not the deployment key."), status_code=401)
-        return RedirectResponse("/", status_code=303, headers={"set-cookie": sessions.cookie(token)})
-
-    async def logout(request: Request) -> Response:
-        from .auth import COOKIE
-
-        sessions.logout(request.cookies.get(COOKIE, ""))
-        return RedirectResponse("/login", status_code=303, headers={"set-cookie": f"{COOKIE}=; Max-Age=0; Path=/"})
-
-    def _fragment() -> str:
-        rows = reports(settings)
-        tails = {r["name"]: log_tail(r["log_file"], 12) for r in rows if r.get("log_file") and r["state"] != "ready"}
-        return views.deployments_rows(rows, _router_view(settings), sampler.rates, tails)
-
-    async def home(_: Request) -> Response:
-        body = f'<h1>Deployments</h1><div id="deploy" data-refresh="/fragment/deploy">{await asyncio.to_thread(_fragment)}</div>'
-        return HTMLResponse(views.page("Deployments", body, active="/"))
-
-    async def fragment(_: Request) -> Response:
-        return HTMLResponse(await asyncio.to_thread(_fragment))
-
-    async def stop_one(request: Request) -> Response:
-        from ..deploy.stop import stop
-
-        name = request.path_params["name"]
-        try:
-            result = (await asyncio.to_thread(lambda: stop(name, settings=settings)))[0]
-        except DsagentError as err:
-            return JSONResponse({"error": str(err)}, status_code=400)
-        return JSONResponse({"name": name, "stopped": not result.problem, "ended": len(result.ended),
-                             "problem": result.problem})
-
-    async def restart_one(request: Request) -> Response:
-        from ..deploy.launch.options import ServeOptions
-        from ..deploy.stop import stop
-        from ..deploy.up import up
-
-        name = request.path_params["name"]
-        dep = await asyncio.to_thread(load, settings, name)
-        if dep is None:
-            return JSONResponse({"error": f"no deployment named {name!r}"}, status_code=404)
-
-        def again() -> None:
-            stop(name, settings=settings)
-            up(dep.model_path, options=ServeOptions.from_dict(dep.options), name=name, settings=settings,
-               wait_ready=False)
-
-        try:
-            await asyncio.to_thread(again)
-        except DsagentError as err:
-            return JSONResponse({"error": str(err)}, status_code=400)
-        return JSONResponse({"name": name, "restarting": True})
-
-    async def plan(request: Request) -> Response:
-        from ..plan import estimate as planner
-        from ..plan.catalog import CATALOG, resolve
-
-        form = {k: v for k, v in request.query_params.items() if k in
-                ("model", "gpus", "gpu_memory_gib", "tp", "pp", "max_model_len", "dtype") and len(v) < 300}
-        models = [s.name for s in CATALOG]
-        if not form.get("model"):
-            return HTMLResponse(views.plan_page(models, form, None))
-        try:
-            num = {k: (float(form[k]) if k == "gpu_memory_gib" else int(form[k]))
-                   for k in ("gpus", "gpu_memory_gib", "tp", "pp", "max_model_len") if form.get(k)}
-            spec = resolve(form["model"])
-            result = await asyncio.to_thread(lambda: planner.estimate(spec, dtype=form.get("dtype") or "auto", **num))
-        except (DsagentError, ValueError) as err:
-            return HTMLResponse(views.plan_page(models, form, None, str(err)), status_code=400)
-        return HTMLResponse(views.plan_page(models, form, planner.plan_json(result, spec.name)))
-
-    async def gpus(_: Request) -> Response:
-        seen, holders = await asyncio.to_thread(_gpus, settings)
-        return HTMLResponse(views.gpus_page(seen, holders, {i: list(v) for i, v in sampler.gpu_used.items()}))
-
-    async def try_it(_: Request) -> Response:
-        return HTMLResponse(views.try_page(await asyncio.to_thread(_ready_models, settings)))
-
-    async def chat(request: Request) -> Response:
-        body = await request.json()
-        name, messages = body.get("model"), body.get("messages")
-        if not isinstance(name, str) or not isinstance(messages, list):
-            return JSONResponse({"error": "send {model, messages}"}, status_code=400)
-        router = _router_view(settings)
-        dep = await asyncio.to_thread(load, settings, name) if name in (await asyncio.to_thread(_ready_models,
-                                                                                                settings)) else None
-        base = (router["base_url"] if router and name in router["models"] else dep.base_url if dep else None)
-        if base is None:
-            return JSONResponse({"error": f"{name!r} is not a ready model here"}, status_code=404)
-        payload = {"model": name, "messages": messages, "stream": True, "max_tokens": int(body.get("max_tokens", 256)),
-                   "stream_options": {"include_usage": True}}
-        return StreamingResponse(_relay(base, settings.api_key(), payload), media_type="text/event-stream")
-
-    async def static(request: Request) -> Response:
-        path = STATIC / request.path_params["file"]
-        if path.parent != STATIC or not path.is_file():
-            return Response(status_code=404)
-        return FileResponse(path)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
-        task = asyncio.create_task(sampler.run())
-        try:
-            yield
-        finally:
-            task.cancel()
-
-    routes = [
-        Route("/login", login_form, methods=["GET", "POST"]), Route("/logout", logout, methods=["POST"]),
-        Route("/", home), Route("/fragment/deploy", fragment), Route("/plan", plan), Route("/gpus", gpus),
-        Route("/try", try_it), Route("/api/chat", chat, methods=["POST"]),
-        Route("/api/stop/{name}", stop_one, methods=["POST"]), Route("/api/restart/{name}", restart_one, methods=["POST"]),
-        Route("/static/{file}", static),
-    ]
-    return sessions.guard(Starlette(routes=routes, lifespan=lifespan))
+    sessions = Sessions(settings.api_key())
+    app = Starlette(routes=ROUTES, lifespan=_lifespan)
+    app.state.settings, app.state.sessions, app.state.sampler = settings, sessions, Sampler(settings)
+    return sessions.guard(app)
 
 
 async def _relay(base: str, key: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:

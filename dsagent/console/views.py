@@ -228,6 +228,7 @@ def try_page(models: Sequence[str]) -> str:
                       for n, p in RECIPES)
     return page("Try it", f"""<h1>Try a model</h1><form id="chat"><label>model <select id="model">{opts}</select>
 </label><div class="recipes">{recipes}</div><textarea id="prompt" rows="3">What is the capital of France?</textarea>
+<label>temperature <input id="temperature" size="4" placeholder="model's"></label>
 <button id="send">Send</button></form><details id="reasoning-box" hidden><summary>reasoning
 (<span id="reasoning-tokens">0</span> chunks)</summary><pre id="reasoning"></pre></details>
 <div id="answer" data-chunks="0" data-done="0"></div><p class="dim" id="usage"></p>""", active="/try")

@@ -34,9 +34,11 @@ if (chat) chat.addEventListener("submit", async (ev) => {
   answer.textContent = ""; reasoning.textContent = ""; usage.textContent = "";
   answer.dataset.chunks = "0"; answer.dataset.done = "0"; box.hidden = true;
   let chunks = 0, thoughts = 0, buffer = "";
+  const temperature = document.getElementById("temperature").value.trim();
   const r = await fetch("/api/chat", {
     method: "POST", headers: { ...HEADERS, "Content-Type": "application/json" },
     body: JSON.stringify({ model: document.getElementById("model").value,
+                           temperature: temperature === "" ? undefined : parseFloat(temperature),
                            messages: [{ role: "user", content: document.getElementById("prompt").value }] }),
   });
   if (!r.ok) { answer.textContent = (await r.json()).error; answer.dataset.done = "1"; return; }
