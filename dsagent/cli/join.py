@@ -57,6 +57,6 @@ def add_command(sub: Any) -> None:
                         "head; default: the DSAGENT_JOIN_TOKEN variable")
     p.add_argument("--device", choices=("cpu", "gpu"))
     p.add_argument("--cpus", type=cpu_list, help="CPU cores this node's workers may use (CPU only)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the head's master port")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the head's master port (default 300)")
     p.add_argument("--json", action="store_true", help="print this node's deployment record as JSON")
     p.set_defaults(func=run)

@@ -123,7 +123,7 @@ def _node_ip(spec: JoinSpec, host: str, port: int) -> str:
 
 
 def join(spec: JoinSpec, *, options: ServeOptions | None = None, settings: Settings | None = None,
-         master_timeout: float = 120.0, on_step: Step | None = None) -> Deployment:
+         master_timeout: float = 300.0, on_step: Step | None = None) -> Deployment:
     """Check this node against the head, then start its headless engine and its watcher."""
     settings = settings or Settings.load()
     step = on_step or (lambda _m: None)
