@@ -232,18 +232,22 @@ async def try_it(request: Request) -> Response:
 async def chat(request: Request) -> Response:
     """Relay a streamed chat to a ready model (a deployment, or the router's) with the key."""
     settings = _state(request)[0]
-    body = await request.json()
-    name, messages = body.get("model"), body.get("messages")
-    if not isinstance(name, str) or not isinstance(messages, list):
-        return JSONResponse({"error": "send {model, messages}"}, status_code=400)
+    try:
+        body = await request.json()
+        name, messages, max_tokens = body.get("model"), body.get("messages"), int(body.get("max_tokens", 256))
+    except (ValueError, TypeError, AttributeError):
+        return JSONResponse({"error": "send a JSON object {model, messages[, max_tokens, temperature]}"},
+                            status_code=400)
+    if not isinstance(name, str) or not isinstance(messages, list) or not 1 <= max_tokens <= 8192:
+        return JSONResponse({"error": "send {model, messages}, max_tokens 1-8192"}, status_code=400)
     router = _router_view(settings)
     ready = await asyncio.to_thread(_ready_models, settings)
     dep = await asyncio.to_thread(load, settings, name) if name in ready else None
     base = router["base_url"] if router and name in router["models"] else dep.base_url if dep else None
     if base is None:
         return JSONResponse({"error": f"{name!r} is not a ready model here"}, status_code=404)
-    payload: dict[str, Any] = {"model": name, "messages": messages, "stream": True,
-                               "max_tokens": int(body.get("max_tokens", 256)), "stream_options": {"include_usage": True}}
+    payload: dict[str, Any] = {"model": name, "messages": messages, "stream": True, "max_tokens": max_tokens,
+                               "stream_options": {"include_usage": True}}
     if isinstance(body.get("temperature"), (int, float)):
         payload["temperature"] = float(body["temperature"])
     return StreamingResponse(_relay(base, settings.api_key(), payload), media_type="text/event-stream")
