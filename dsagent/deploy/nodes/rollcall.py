@@ -38,7 +38,6 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import asdict
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Self
 
 from ...errors import InvalidOptionError
-from ...files import private_dir
+from ...files import write_private
 from ...settings import Settings
 from ..record.names import files
 from ..record.reports import NodeReport, store_report
@@ -85,15 +84,7 @@ def new_token(settings: Settings, name: str) -> tuple[str, Path]:
     0700 ``deployments`` folder) that now holds it: what a node's ``join --token-file`` reads."""
     token = secrets.token_urlsafe(24)
     path = files(settings, name).token
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(path, token + "\n")
     return token, path
 
 

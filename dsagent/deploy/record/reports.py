@@ -7,12 +7,10 @@ read. Not the record itself, which the launcher rewrites while the deployment st
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ...files import private_dir
+from ...files import write_private
 from ...settings import Settings
 
 __all__ = ["NodeReport", "failed_node", "load_reports", "store_report"]
@@ -57,9 +55,4 @@ def store_report(settings: Settings, name: str, report: NodeReport) -> None:
     if reports.get(report.rank) and reports[report.rank].state == "failed":
         return  # a node's failure stays on record
     reports[report.rank] = report
-    path = _path(settings, name)
-    private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    with os.fdopen(fd, "w") as out:
-        out.write(json.dumps({str(k): asdict(v) for k, v in reports.items()}, indent=2))
-    os.replace(tmp, path)
+    write_private(_path(settings, name), json.dumps({str(k): asdict(v) for k, v in reports.items()}, indent=2))
