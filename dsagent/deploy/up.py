@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 from ..errors import AlreadyRunningError, DeploymentFailedError, InvalidOptionError, NoDeploymentError
-from ..plan.budget import check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu, raise_unless_fits
+from ..plan.budget import CpuPlan, check_layout, check_nodes, cpu_context, plan_cpu, plan_gpu, raise_unless_fits
 from ..plan.catalog import DEFAULT_CPU_MODEL, ModelSpec, resolve
 from ..settings import Settings
 from ..system import gpus as machine
@@ -65,6 +65,15 @@ def _same_launch(dep: Deployment, opts: ServeOptions, model_path: str | None) ->
             and same_weights)
 
 
+def cpu_plan(spec: ModelSpec, opts: ServeOptions, ram_available_bytes: int) -> CpuPlan:
+    """The CPU plan of ``spec`` launched with ``opts`` (float32 unless another dtype is asked),
+    against ``ram_available_bytes``: what ``up`` and the router size the KV cache with."""
+    float32 = opts.dtype in ("auto", "float32")
+    return plan_cpu(dict(spec.config), max_model_len=cpu_context(spec.context_limit, opts.max_model_len),
+                    ram_available_bytes=ram_available_bytes, kv_cache_gib=opts.kv_cache_gib,
+                    kv_bytes_per_element=4 if float32 else 2, weight_bytes_per_param=4 if float32 else 2)
+
+
 def _preflight(spec: ModelSpec, opts: ServeOptions, version: Callable[[], str],
                step: Step = lambda _m: None, settings: Settings | None = None) -> tuple[ServeOptions, dict[str, Any]]:
     """Layout, context and memory checks; returns the options with dsagent's choices filled in.
@@ -81,10 +90,7 @@ def _preflight(spec: ModelSpec, opts: ServeOptions, version: Callable[[], str],
                                  value=opts.max_model_len)
     if opts.device == "cpu":
         check_compiler(opts)
-        float32 = opts.dtype in ("auto", "float32")
-        plan = plan_cpu(config, max_model_len=cpu_context(limit, opts.max_model_len), ram_available_bytes=machine.ram_available(),
-                        kv_cache_gib=opts.kv_cache_gib, kv_bytes_per_element=4 if float32 else 2,
-                        weight_bytes_per_param=4 if float32 else 2)
+        plan = cpu_plan(spec, opts, machine.ram_available())
         return replace(opts, kv_cache_gib=plan.kv_cache_gib), asdict(plan)
     return _preflight_gpu(config, spec, opts, version(), step, settings)
 

@@ -18,7 +18,7 @@ import httpx
 from ..deploy.launch.options import ServeOptions
 from ..deploy.record.phase import Progress
 from ..deploy.stop import stop
-from ..deploy.up import up
+from ..deploy.up import cpu_plan, up
 from ..errors import RouterError
 from ..settings import Settings
 from ..system import gpus as machine
@@ -72,14 +72,9 @@ class VllmEngines:
     def _cpu_plan(self, entry: Entry) -> Any:
         """The CPU plan ``up`` would make, against the RAM free when the router started (so a
         second model's plan does not shrink because the first one loaded)."""
-        from ..plan.budget import cpu_context, plan_cpu
         from ..plan.estimate import with_config
 
-        spec, o = with_config(entry.model), entry.options
-        float32 = o.dtype in ("auto", "float32")
-        return plan_cpu(spec.config, max_model_len=cpu_context(spec.context_limit, o.max_model_len),
-                        ram_available_bytes=self._ram_at_start, kv_cache_gib=o.kv_cache_gib,
-                        kv_bytes_per_element=4 if float32 else 2, weight_bytes_per_param=4 if float32 else 2)
+        return cpu_plan(with_config(entry.model), entry.options, self._ram_at_start)
 
     def need(self, entry: Entry) -> Need:
         """The model's need from the estimate (no download: catalog configs, or the folder's)."""
