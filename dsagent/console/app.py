@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from ..deploy.record.logs import log_tail
 from ..deploy.record.phase import metrics
-from ..deploy.record.store import load
+from ..deploy.record.store import list_all, load
 from ..deploy.status import reports
 from ..errors import DsagentError
 from ..settings import Settings
@@ -65,18 +65,15 @@ class Sampler:
 
     def sample(self) -> None:
         self.sample_gpus()
-        for r in reports(self.settings):
-            if r.get("state") != "ready" or "estimate" not in r:
-                continue
-            dep = load(self.settings, r["name"])
-            m = metrics(dep) if dep is not None else None
+        for dep in list_all(self.settings):
+            m = metrics(dep)  # one /metrics read; a server that does not answer gives None
             if m is None or "generation_tokens_total" not in m:
                 continue
             now, total = time.monotonic(), m["generation_tokens_total"]
-            if (prev := self._last.get(r["name"])) is not None and now > prev[0]:
+            if (prev := self._last.get(dep.name)) is not None and now > prev[0]:
                 rate = max(0.0, (total - prev[1]) / (now - prev[0]))
-                self.rates.setdefault(r["name"], collections.deque(maxlen=SAMPLES)).append(round(rate, 2))
-            self._last[r["name"]] = (now, total)
+                self.rates.setdefault(dep.name, collections.deque(maxlen=SAMPLES)).append(round(rate, 2))
+            self._last[dep.name] = (now, total)
 
     async def run(self) -> None:
         while True:
@@ -98,11 +95,26 @@ def _ready_models(settings: Settings) -> list[str]:
     return names + [n for n in (router or {}).get("models", {}) if n not in names]
 
 
+def _base_url(settings: Settings, name: str) -> str | None:
+    """Where a chat with ``name`` goes: the router when its catalogue has it, else the ready
+    deployment of that name; ``None`` when neither."""
+    from ..deploy.record.phase import live_state
+    from ..deploy.record.state import State
+
+    router = _router_view(settings)
+    if router and name in router["models"]:
+        return str(router["base_url"])
+    try:
+        dep = load(settings, name)
+    except DsagentError:  # not a deployment name at all
+        return None
+    return dep.base_url if dep is not None and live_state(dep) == State.READY else None
+
+
 def _gpus(settings: Settings) -> tuple[list[dict[str, Any]], dict[int, str]]:
     """The visible GPUs, and for each the deployments whose processes hold GPU memory (NVML's
     per-process list names who; a deployment pinned with ``--gpus`` is put on its own GPUs)."""
     from ..deploy.record.identity import processes_of
-    from ..deploy.record.store import list_all
     from ..system import gpus as machine
 
     seen = machine.visible_gpus(settings=settings)
@@ -240,10 +252,7 @@ async def chat(request: Request) -> Response:
                             status_code=400)
     if not isinstance(name, str) or not isinstance(messages, list) or not 1 <= max_tokens <= 8192:
         return JSONResponse({"error": "send {model, messages}, max_tokens 1-8192"}, status_code=400)
-    router = _router_view(settings)
-    ready = await asyncio.to_thread(_ready_models, settings)
-    dep = await asyncio.to_thread(load, settings, name) if name in ready else None
-    base = router["base_url"] if router and name in router["models"] else dep.base_url if dep else None
+    base = await asyncio.to_thread(_base_url, settings, name)
     if base is None:
         return JSONResponse({"error": f"{name!r} is not a ready model here"}, status_code=404)
     payload: dict[str, Any] = {"model": name, "messages": messages, "stream": True, "max_tokens": max_tokens,
