@@ -162,6 +162,22 @@ def test_missing_vllm_raises_install_error(tmp_path, settings):
         engine_version(Settings(home=settings.home, engine_python=str(tmp_path / "bare/bin/python")))
 
 
+def test_our_own_interpreters_vllm_version_is_read_without_starting_a_process(settings, monkeypatch):
+    """CI once saw the version probe (a child `python -c`) stall past its minute on a machine busy
+    after a fresh install; with vLLM in this very interpreter no process is needed at all."""
+    import sys
+
+    from dsagent.deploy.launch import spawn
+    from dsagent.settings import Settings
+
+    def no_process(*_a, **_k):
+        raise AssertionError("a probe process was started")
+
+    monkeypatch.setattr(spawn.procs, "run", no_process)
+    version = spawn.engine_version(Settings(home=settings.home, engine_python=sys.executable))
+    assert version[:1].isdigit(), version
+
+
 def test_crash_during_start_is_reported_with_the_log_tail_and_leaves_nothing(server, settings):
     opts = ServeOptions(port=0, device="cpu", extra_args=("--no-such-vllm-flag",))
     with pytest.raises(StartupError) as info:
