@@ -67,3 +67,17 @@ async def test_a_bad_plan_is_an_error_on_the_page_and_static_files_stay_in_their
     assert r.status_code == 400 and 'id="plan-error"' in r.text
     assert (await c.get("/static/console.css")).status_code == 200
     assert (await c.get("/static/..%2Fapp.py")).status_code == 404
+
+
+def test_a_taken_port_is_refused_with_the_fix(tmp_path):
+    """Another process holds the port: `dsagent console` says so and names the fix (no traceback)."""
+    import socket
+
+    from conftest import run_cli
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = run_cli("console", "--port", str(port), env={"DSAGENT_HOME": str(tmp_path / "home")}, timeout=60)
+    assert out.returncode == 2 and f"127.0.0.1:{port} is taken" in out.stderr and "--port auto" in out.stderr

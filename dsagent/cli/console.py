@@ -14,8 +14,14 @@ def run(args: argparse.Namespace) -> int:
     from ..console.app import serve
     from ..system.ports import free_port, is_loopback
 
+    from ..errors import PortInUseError
+    from ..system.ports import port_is_free
+
     home = settings()
     chosen = args.port or free_port(args.host)
+    if not port_is_free(args.host, chosen):
+        raise PortInUseError(f"{args.host}:{chosen} is taken", "pass --port with a free port (or --port auto)",
+                             port=chosen)
     if not is_loopback(args.host):
         print(f"WARNING: the console listens on {args.host}, not on loopback: anyone who can reach this machine "
               "and holds the key can stop deployments from it. Use --host 127.0.0.1 unless you mean it.", flush=True)
