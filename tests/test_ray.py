@@ -57,24 +57,58 @@ def _daemons(pids: set[int]) -> set[int]:
     return out
 
 
+def _start(tmp: Path, env: dict[str, str]) -> str:
+    """Start the head, then the worker; the cluster's address. A failed ``ray start`` raises with its
+    output and the new node's raylet log, which is all a CI run keeps of it."""
+    port = free_port("127.0.0.2")
+    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
+    for argv in (["--head", "--node-ip-address", "127.0.0.2", "--port", str(port), "--include-dashboard", "false",
+                  "--temp-dir", str(tmp)],
+                 ["--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.3"]):
+        out = subprocess.run([RAY, "start", *argv, *common], env=env, capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            logs = sorted(tmp.glob("session_*/logs/raylet*.err")) + sorted(tmp.glob("session_*/logs/raylet*.out"))
+            tails = "".join(f"\n--- {p.name}:\n" + p.read_text(errors="replace")[-1500:] for p in logs)
+            raise RuntimeError(f"ray start {' '.join(argv)} exited {out.returncode}:\n"
+                               f"{out.stdout[-2000:]}\n{out.stderr[-3000:]}{tails}")
+    return f"127.0.0.2:{port}"
+
+
+def _end(pids: set[int]) -> None:
+    mine = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+    for p in mine:
+        p.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=5)  # a Ray worker may ignore SIGTERM
+    for p in alive:
+        p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """``(address, daemons, nodes)``: a two-node Ray cluster on 127.0.0.2 / 127.0.0.3, the pids of
-    its daemons, and what ``probe`` found once both nodes had registered."""
+    its daemons, and what ``probe`` found once both nodes had registered.
+
+    Ray gives a starting raylet 30 s to register with the GCS (a constant in ``ray._private.node``);
+    on a machine whose two cores are busy starting a vLLM server beside this, the worker's raylet has
+    missed it (a CI run), so the cluster is started afresh up to three times, each failure's output
+    kept for the last one's error."""
     before = _ray_pids()
-    port = free_port("127.0.0.2")
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats"]
     # short: Ray's sockets live under it and a Unix socket path has 107 bytes at most (pytest-xdist's
     # per-worker temp paths were too long, and the second `ray start` failed)
     tmp = Path(tempfile.mkdtemp(prefix="ray-"))
     try:
-        subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.2", "--port", str(port),
-                        "--include-dashboard", "false", "--temp-dir", str(tmp), *common],
-                       env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([RAY, "start", "--address", f"127.0.0.2:{port}", "--node-ip-address", "127.0.0.3", *common],
-                       env=env, check=True, capture_output=True, timeout=180)
-        address = f"127.0.0.2:{port}"
+        failures = []
+        for attempt in range(3):
+            try:
+                address = _start(tmp / str(attempt), env)
+                break
+            except RuntimeError as exc:
+                failures.append(str(exc))
+                _end(_ray_pids() - before)
+        else:
+            pytest.fail("a two-node Ray cluster did not start three times:\n" + "\n\n".join(failures))
         settings = _settings(tmp, address)
         deadline = time.monotonic() + 120
         while len(nodes := probe(address, settings)) < 2:  # until the second node has registered
@@ -83,12 +117,7 @@ def cluster():
         assert len(daemons) >= 3, daemons  # gcs_server and two raylets
         yield address, daemons, nodes
     finally:
-        mine = [psutil.Process(pid) for pid in _ray_pids() - before if psutil.pid_exists(pid)]
-        for p in mine:
-            p.terminate()
-        _, alive = psutil.wait_procs(mine, timeout=5)  # a Ray worker may ignore SIGTERM
-        for p in alive:
-            p.kill()
+        _end(_ray_pids() - before)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(host_config(args.client, settings=home, up=args.up, model=args.model), indent=2))
         print(f"# put this in {CLIENTS[args.client]}", file=sys.stderr)
         return 0
+    if args.model:  # a bad name is refused before the MCP SDK and the clients load (seconds on a busy machine)
+        from ..deploy.record.names import name_for
+
+        name_for(args.model)
     from ..deploy.launch.options import ServeOptions
     from ..mcp.backend import Backend  # the MCP SDK loads only for this command
     from ..mcp.server import serve

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..deploy.record.names import name_for
 from ..deploy.record.store import Deployment
 from ..deploy.up import attach, up
 from ..errors import InputError
@@ -62,7 +63,7 @@ def target(model: str | None, settings: Settings, *, ensure: bool = False, wait_
     routed = _routed(model, settings) if model else None  # the router's name wins: it keeps the model up
     if routed is not None:
         return routed
-    return Target.of(attach(_name_of(model) if model else None, settings=settings, wait_timeout=wait_timeout))
+    return Target.of(attach(name_for(model) if model else None, settings=settings, wait_timeout=wait_timeout))
 
 
 def tool_repeats(name: str) -> str:
@@ -72,8 +73,3 @@ def tool_repeats(name: str) -> str:
         return "args"
 
 
-def _name_of(model: str) -> str:
-    try:
-        return resolve(model).name
-    except InputError:
-        return model

@@ -18,13 +18,12 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from ..clients import recipes
 from ..deploy.launch.options import ServeOptions
-from ..deploy.record.names import check_name
+from ..deploy.record.names import name_for
 from ..deploy.record.state import State
 from ..deploy.record.store import Deployment, list_all
 from ..deploy.status import find, report
 from ..deploy.up import attach
 from ..errors import DsagentError, NoDeploymentError
-from ..plan.catalog import resolve
 from ..settings import Settings
 from .launcher import Launcher
 from .messages import NO_DEPLOYMENT_FIX, STARTING, UNHEALTHY, tool_error
@@ -34,17 +33,6 @@ __all__ = ["Backend"]
 log = logging.getLogger("dsagent.mcp")
 
 
-def _deployment_name(model: str | None) -> str | None:
-    """The deployment ``--model`` names: the catalog's (or folder's) name, else the name as given,
-    checked (``InvalidOptionError`` before the server starts)."""
-    if not model:
-        return None
-    try:
-        return resolve(model).name
-    except DsagentError:
-        return check_name(model)
-
-
 class Backend:
     """The deployment the tools use; with ``start=True`` a ``Launcher`` brings it up in the background."""
 
@@ -52,7 +40,7 @@ class Backend:
                  options: ServeOptions | None = None, wait: float = 30.0, start_timeout: float = 900.0,
                  expected_start: float | None = None) -> None:
         self.settings, self.model, self.start = settings, model, start
-        self._name = _deployment_name(model)
+        self._name = name_for(model) if model else None  # checked before the server starts
         self.wait = wait
         self.launcher = Launcher(settings, model, options, start_timeout)
         self.expected_start = expected_start or self._measured_start() or 60.0

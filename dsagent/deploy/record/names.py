@@ -23,7 +23,7 @@ from pathlib import Path
 from ...errors import InvalidOptionError
 from ...settings import Settings
 
-__all__ = ["NAME_RULE", "DeploymentFiles", "check_name", "files"]
+__all__ = ["NAME_RULE", "DeploymentFiles", "check_name", "files", "name_for"]
 
 NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -50,6 +50,18 @@ class DeploymentFiles:
     log: Path
     watch_log: Path
     supervise_log: Path
+
+
+def name_for(model: str) -> str:
+    """The deployment a model argument names: the catalog's (or a weights folder's) name, else the
+    argument itself, checked (``InvalidOptionError`` names the rule)."""
+    from ...errors import InputError
+    from ...plan.catalog import resolve  # the catalog, only where a model argument is given
+
+    try:
+        return resolve(model).name
+    except InputError:
+        return check_name(model)
 
 
 def _inside(home: Path, path: Path) -> Path:
