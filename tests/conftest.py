@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
+_OWNS_MODELS = pytest.StashKey[bool]()
 
 
 def _ended_by_signal(signum: int, _frame: object) -> None:
@@ -32,8 +33,18 @@ def _ended_by_signal(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"ended by signal {signum}")
 
 
+_MODELS = "DSAGENT_TEST_MODELS"
+"""The environment variable naming the run's one models folder (made by the controller, inherited by
+pytest-xdist's workers): each worker's home links its ``models`` there, so the embedded model is
+converted once per run, not once per worker (``fetch`` holds a lock while it converts)."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     signal.signal(signal.SIGTERM, _ended_by_signal)
+    if not os.environ.get(_MODELS):  # the controller, or a run without workers
+        os.environ[_MODELS] = tempfile.mkdtemp(prefix="dsagent-test-models-")
+        config.stash[_OWNS_MODELS] = True
+    (_HOME / "models").symlink_to(os.environ[_MODELS])
     os.environ["DSAGENT_HOME"] = str(_HOME)
     os.environ.pop("DSAGENT_PYTHON", None)
     os.environ.setdefault("DSAGENT_DEVICE", "cpu")
@@ -74,7 +85,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Under ``-n N``: every file that uses the session's server goes to one worker, which starts
     that server once and runs them in file order (``lifecycle_end`` last); the two-node tests share
     one worker (each binds both cores: two at once starved a head past its node's 120 s wait), as
-    do the Ray tests (one cluster at a time); every other test goes to whichever worker is free.
+    do the Ray tests (one cluster at a time); every other file goes whole to whichever worker is
+    free (a file's module fixtures, such as the router's, start once, not once per worker).
 
     (xdist's own ``--dist loadgroup`` marks its groups by rewriting ``item._nodeid``, which pytest 9
     no longer reads, so its groups fall apart into single tests.)"""
@@ -86,7 +98,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class Together(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return together.get(nodeid.split("::", 1)[0], nodeid)
+            path = nodeid.split("::", 1)[0]
+            return together.get(path, path)
 
     return Together(config, log)
 
@@ -100,6 +113,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         stop(all=True, settings=Settings.load(_HOME))
     finally:
         shutil.rmtree(_HOME, ignore_errors=True)
+        if config.stash.get(_OWNS_MODELS, False):  # after every worker has ended
+            shutil.rmtree(os.environ.pop(_MODELS), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -72,25 +72,30 @@ def test_truncated_safetensors_is_refused_by_name(fetched, tmp_path):
 
 
 @pytest.mark.server
-def test_a_conversion_killed_midway_leaves_no_model_and_is_redone(tmp_path):
+def test_a_conversion_killed_midway_leaves_no_model_and_is_redone_once_by_two_fetches(tmp_path):
     """Kill a real `dsagent fetch` during conversion; the store must not hold a complete-looking
-    model, and the next fetch cleans the staging folder and converts from scratch."""
+    model. Then two fetches at once, a `dsagent fetch` and one in this process: one cleans the
+    staging folder and converts from scratch, the other waits for it and reuses its folder (before
+    the lock, both converted, and the second rename removed the folder the first had finished)."""
     home = tmp_path / "home"
     env = {**os.environ, "DSAGENT_HOME": str(home)}
-    proc = subprocess.Popen([sys.executable, "-m", "dsagent.cli", "fetch", "smollm2-135m-instruct"],
-                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "dsagent.cli", "fetch", "smollm2-135m-instruct"]
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     models = home / "models"
 
-    def converting() -> bool:  # the converter child runs (the staging folder is made just before it)
+    def converting(proc: subprocess.Popen) -> bool:  # its converter child runs (the staging folder is made first)
         try:
             return any("dsagent.weights.convert" in k.cmdline() for k in psutil.Process(proc.pid).children())
         except psutil.Error:
             return False
 
-    deadline = time.monotonic() + 120
-    while not converting():
-        assert proc.poll() is None and time.monotonic() < deadline, "no conversion started"
-        time.sleep(0.05)
+    def until_converting(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 120
+        while not converting(proc):
+            assert proc.poll() is None and time.monotonic() < deadline, "no conversion started"
+            time.sleep(0.05)
+
+    until_converting(proc)
     assert list(models.glob(".staging-*")) and not (models / "smollm2-135m-instruct").exists()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -98,6 +103,10 @@ def test_a_conversion_killed_midway_leaves_no_model_and_is_redone(tmp_path):
     assert list(models.glob(".staging-*"))  # the half-written work stays out of the store's names
     from dsagent.settings import Settings
 
-    res = fetch(resolve("smollm2-135m-instruct"), settings=Settings.load(home))
-    assert not res.reused and (res.path / MANIFEST).is_file()
+    other = subprocess.Popen([*argv, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    until_converting(other)
+    res = fetch(resolve("smollm2-135m-instruct"), settings=Settings.load(home))  # waits for the other's lock
+    first = json.loads(other.communicate(timeout=300)[0])
+    assert other.returncode == 0 and first["reused"] is False
+    assert res.reused and (res.path / MANIFEST).is_file()
     assert not list(models.glob(".staging-*"))

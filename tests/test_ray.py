@@ -10,6 +10,7 @@ never starts or stops Ray's daemons.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import shutil
@@ -75,12 +76,18 @@ def _start(tmp: Path, env: dict[str, str]) -> str:
 
 
 def _end(pids: set[int]) -> None:
-    mine = [psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)]
+    """End ``pids`` (this test's Ray processes); one that ends on its own meanwhile is no error."""
+    mine = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            mine.append(psutil.Process(pid))
     for p in mine:
-        p.terminate()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
     _, alive = psutil.wait_procs(mine, timeout=5)  # a Ray worker may ignore SIGTERM
     for p in alive:
-        p.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     psutil.wait_procs(alive, timeout=5)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ChecksumError, FetchError, InvalidOptionError
-from ..files import digest
+from ..files import digest, locked
 from ..plan.catalog import ModelSpec, resolve
 from ..settings import Settings
 from . import bundled
@@ -182,4 +182,7 @@ def fetch(model: str | ModelSpec, *, settings: Settings | None = None, force: bo
     if spec.source == "hub":
         return _fetch_hub(spec, dest, settings, force=force, deep_verify=deep_verify, dry_run=dry_run,
                           sources=sources, mirror=mirror, revision=revision, progress=progress, weights=weights, t0=t0)
-    return _fetch_bundled(spec, dest, settings, force=force, deep_verify=deep_verify, progress=progress, t0=t0)
+    # one conversion at a time: a second fetch (another `up`, another shell) waits, then reuses it
+    # (two at once each converted, and the later rename removed the folder the first one's server read)
+    with locked(settings.models_dir / f".{spec.name}.lock"):
+        return _fetch_bundled(spec, dest, settings, force=force, deep_verify=deep_verify, progress=progress, t0=t0)
