@@ -79,5 +79,5 @@ def test_a_taken_port_is_refused_with_the_fix(tmp_path):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        out = run_cli("console", "--port", str(port), env={"DSAGENT_HOME": str(tmp_path / "home")}, timeout=60)
+        out = run_cli("console", "--port", str(port), env={"DSAGENT_HOME": str(tmp_path / "home")}, timeout=180)
     assert out.returncode == 2 and f"127.0.0.1:{port} is taken" in out.stderr and "--port auto" in out.stderr

@@ -133,7 +133,7 @@ async def test_up_attaches_to_a_running_deployment_and_leaves_it_running(server,
 
 def test_config_snippets_have_absolute_paths_and_the_home(cli, settings):
     for client, key in (("claude", "mcpServers"), ("cursor", "mcpServers"), ("vscode", "servers")):
-        out = cli("mcp", "config", "--client", client, timeout=60)
+        out = cli("mcp", "config", "--client", client, timeout=180)
         assert out.returncode == 0, out.stderr
         entry = json.loads(out.stdout)[key]["dsagent"]
         assert Path(entry["command"]).is_absolute() and os.access(entry["command"], os.X_OK)

@@ -125,7 +125,7 @@ def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_
     head = up(model_dir, options=opts, name="pp2", settings=settings, wait_ready=False, peers=(node_ip,))
     try:
         assert head.nodes[1]["ip"] == node_ip and "--node-rank 1" in head.nodes[1]["join"]
-        assert f"--model {model_dir}" in head.nodes[1]["join"]  # a folder is named by its path
+        assert f"--model {os.path.realpath(model_dir)}" in head.nodes[1]["join"]  # a folder is named by its path
         env = {**os.environ, "DSAGENT_HOME": str(node2.home)}
         out = subprocess.run(_join_command(head, prefix), env=env, capture_output=True, text=True,
                              timeout=600)

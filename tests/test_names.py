@@ -48,7 +48,7 @@ def test_every_verb_refuses_a_bad_name_before_writing_anything(tmp_path, cli, na
     ]
     before = _tree(tmp_path)
     for argv in verbs:
-        out = cli(*argv, env=env, timeout=60)
+        out = cli(*argv, env=env, timeout=180)
         assert out.returncode == 2 and f"deployment name {name!r} is not allowed" in out.stderr, (argv, out.stderr)
         assert "Traceback" not in out.stderr
     assert _tree(tmp_path) == before  # no record, log, lock or unit anywhere, inside the home or out
@@ -92,6 +92,6 @@ def test_the_mcp_server_refuses_a_bad_deployment_name(tmp_settings):
 
 
 def test_dsagent_mcp_refuses_a_bad_deployment_name_before_serving(tmp_path, cli):
-    out = cli("mcp", "--model", "../x", env={"DSAGENT_HOME": str(tmp_path / "home")}, timeout=60)
+    out = cli("mcp", "--model", "../x", env={"DSAGENT_HOME": str(tmp_path / "home")}, timeout=180)
     assert out.returncode == 2 and "deployment name '../x' is not allowed" in out.stderr, out.stderr
     assert not (tmp_path / "home").exists()

@@ -69,7 +69,7 @@ def test_no_submodule_import_shadows_an_export():
         "    out[name] = [kind, v is getattr(home, name)]\n"
         "print(json.dumps(out))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180)
     kinds = json.loads(out.stdout)
     assert set(kinds) == set(PUBLIC)
     for name, (kind, same) in kinds.items():

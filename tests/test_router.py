@@ -2,10 +2,11 @@
 with room (``--memory-gib``) for one at a time, everything driven through the real CLI, the real
 OpenAI SDK, LangChain and the MCP client.
 
-One router (a request waits up to 240 s for its model) serves the module's tests in order of
-need: the key, the 404/400 shapes, N concurrent first requests causing one load, a stream,
+One router (a request waits up to 240 s for its model) serves the module's tests, in any order:
+the key, the 404/400 shapes, N concurrent first requests causing one load, a stream,
 alternation (one load per switch), the TTL, ``local_deepseek`` and the MCP tool through it,
-``status``, and the stop that leaves nothing. A second router (a 1 s wait) gives the 503 shape
+``status``, and the stop that leaves nothing. A test that needs *a* model asks for the one that
+is up (``_loaded``), so a shuffled order costs no loads beyond the ones tests are about. A second router (a 1 s wait) gives the 503 shape
 and is stopped in the middle of a load.
 """
 
@@ -115,28 +116,35 @@ def test_an_unknown_model_is_404_naming_the_catalogue_and_no_model_is_400(routed
     assert r.status_code == 400
 
 
+def _loaded(info: RouterInfo, key: str) -> str:
+    """The model that is ready now, else smol-a: what a test that needs *a* model asks for, so that
+    in any order (pytest-randomly) it causes no load of its own when one is up."""
+    return next((n for n, m in sorted(_models(info, key).items()) if m["state"] == "ready"), "smol-a")
+
+
 def test_concurrent_first_requests_cause_one_load_and_all_are_answered(routed):
     _, info, key, _ = routed
     client = openai.OpenAI(base_url=info.base_url, api_key=key, max_retries=0, timeout=300)
-    before = _models(info, key)["smol-a"]["loads"]
+    before = _models(info, key)
+    name = next(n for n in ("smol-a", "smol-b") if before[n]["state"] != "ready")  # one that must be loaded
 
     def ask(_: int) -> str:
-        out = client.chat.completions.create(model="smol-a", messages=QUESTION, max_tokens=8, temperature=0)
+        out = client.chat.completions.create(model=name, messages=QUESTION, max_tokens=8, temperature=0)
         return out.choices[0].message.content or ""
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(ask, range(6)))
     assert all("Paris" in a for a in answers), answers
-    a = _models(info, key)["smol-a"]
-    assert a["state"] == "ready" and a["loads"] - before <= 1, a
-    assert a["kv_cache_tokens"]["measured"] and a["kv_cache_tokens"]["planned"], a  # recorded after the load
+    after = _models(info, key)[name]
+    assert after["state"] == "ready" and after["loads"] - before[name]["loads"] == 1, after  # six asked, one load
+    assert after["kv_cache_tokens"]["measured"] and after["kv_cache_tokens"]["planned"], after  # recorded at the load
 
 
 def test_a_stream_is_passed_through_chunk_by_chunk(routed):
     _, info, key, _ = routed
     client = openai.OpenAI(base_url=info.base_url, api_key=key, max_retries=0, timeout=300)
-    stream = client.chat.completions.create(model="smol-a", messages=QUESTION, max_tokens=12, temperature=0,
-                                            stream=True)
+    stream = client.chat.completions.create(model=_loaded(info, key), messages=QUESTION, max_tokens=12,
+                                            temperature=0, stream=True)
     chunks = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
     assert len(chunks) >= 3 and "Paris" in "".join(chunks), chunks
 
@@ -184,18 +192,19 @@ def test_local_deepseek_and_the_mcp_tool_go_through_the_router(routed):
     from dsagent.mcp.backend import Backend
     from dsagent.mcp.server import build_server
 
-    llm = local_deepseek("smol-a", settings=home, temperature=0, max_tokens=8)
+    name = _loaded(info, key)
+    llm = local_deepseek(name, settings=home, temperature=0, max_tokens=8)
     assert llm.openai_api_base == info.base_url
     assert "Paris" in llm.invoke("What is the capital of France?").content
 
     async def tools() -> dict:
-        async with Client(build_server(Backend(home, model="smol-a"))) as client:
+        async with Client(build_server(Backend(home, model=name))) as client:
             listed = (await client.call_tool("list_models", {})).structured_content
             asked = await client.call_tool("ask", {"question": "What is the capital of France?", "max_tokens": 8})
             return {"listed": listed, "asked": asked.content[0].text}
 
     out = anyio.run(tools)
-    assert {m["name"]: m["state"] for m in out["listed"]["models"]}["smol-a"] == "ready"
+    assert {m["name"]: m["state"] for m in out["listed"]["models"]}[name] == "ready"
     assert out["listed"]["router"]["base_url"] == info.base_url
     assert "Paris" in out["asked"]
 

@@ -133,18 +133,6 @@ def all_processes(environ: bool = True) -> list[ProcInfo]:
     return [p for p in found if p is not None]
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def process_info(pid: int) -> ProcInfo | None:
     """``pid`` as a ``ProcInfo`` (for ``end_processes``), or ``None`` when it is gone."""
     try:
@@ -189,6 +177,18 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
         time.sleep(0.1)
 
 
+KILL_BOUND = 30.0
+"""Seconds a SIGKILLed process may take to be gone. Milliseconds, usually; a CI run on two busy
+cores saw a starting vLLM process outlive 10 s."""
+
+
+def _state(pid: int) -> str:
+    try:
+        return psutil.Process(pid).status()
+    except psutil.Error:
+        return "gone"
+
+
 def end_processes(procs: Sequence[ProcInfo], grace: float = 15.0, *, groups: bool = True) -> list[ProcInfo]:
     """SIGTERM the processes and (``groups``) their groups, wait ``grace`` s, SIGKILL survivors, verify.
 
@@ -200,10 +200,11 @@ def end_processes(procs: Sequence[ProcInfo], grace: float = 15.0, *, groups: boo
     left = _wait_gone({p.pid for p in procs}, grace)
     if left:
         _signal([p for p in procs if p.pid in left], signal.SIGKILL, groups)
-        left = _wait_gone(left, 10.0)
+        left = _wait_gone(left, KILL_BOUND)
     if left:
         raise StopError(
-            f"processes survived SIGKILL: {sorted(left)}",
+            f"processes survived SIGKILL for {KILL_BOUND:.0f} s: "
+            + ", ".join(f"{pid} ({_state(pid)})" for pid in sorted(left)),
             "check them with `ps -o pid,stat,cmd -p PID` (a process in state D waits on the kernel)",
             pids=sorted(left),
         )
