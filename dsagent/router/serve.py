@@ -181,8 +181,9 @@ def _ours(info: RouterInfo, settings: Settings) -> bool:
     return marked or ("dsagent" in p.cmdline and "router serve" in p.cmdline)
 
 
-def stop(settings: Settings, *, timeout: float = 120.0) -> RouterInfo | None:
-    """Stop the router (which stops its models); ``None`` when none runs."""
+def stop(settings: Settings, *, timeout: float = 300.0) -> RouterInfo | None:
+    """Stop the router (which stops its models, each bounded by ``procs.KILL_BOUND`` after its grace);
+    ``None`` when none runs."""
     info = find(settings)
     if info is None:
         return None

@@ -177,9 +177,10 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
         time.sleep(0.1)
 
 
-KILL_BOUND = 30.0
-"""Seconds a SIGKILLed process may take to be gone. Milliseconds, usually; a CI run on two busy
-cores saw a starting vLLM process outlive 10 s."""
+KILL_BOUND = 120.0
+"""Seconds a SIGKILLed process may take to be gone. Milliseconds, usually; on this 2-core VM under a
+full test run, vLLM processes killed while they were still importing took over 45 s (state R,
+gone later), twice in five runs. A process that outlives this is reported, not waited for."""
 
 
 def _state(pid: int) -> str:
