@@ -71,5 +71,3 @@ def tool_repeats(name: str) -> str:
         return resolve(name).tool_repeats
     except InputError:
         return "args"
-
-

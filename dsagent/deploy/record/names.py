@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import InvalidOptionError
+from ...errors import InputError, InvalidOptionError
 from ...settings import Settings
 
 __all__ = ["NAME_RULE", "DeploymentFiles", "check_name", "files", "name_for"]
@@ -55,7 +55,6 @@ class DeploymentFiles:
 def name_for(model: str) -> str:
     """The deployment a model argument names: the catalog's (or a weights folder's) name, else the
     argument itself, checked (``InvalidOptionError`` names the rule)."""
-    from ...errors import InputError
     from ...plan.catalog import resolve  # the catalog, only where a model argument is given
 
     try:
