@@ -294,4 +294,5 @@ def test_a_node_that_dies_is_reported_on_the_head_which_stops(model_dir, tmp_pat
         assert load(node2, "crash").state == State.FAILED
     finally:
         stop("crash", settings=settings)
-        stop("crash", settings=node2)
+        if load(node2, "crash"):  # a join that failed left no record there (its error is the test's)
+            stop("crash", settings=node2)
