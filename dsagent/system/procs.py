@@ -178,9 +178,10 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
 
 
 KILL_BOUND = 120.0
-"""Seconds a SIGKILLed process may take to be gone. Milliseconds, usually; on this 2-core VM under a
-full test run, vLLM processes killed while they were still importing took over 45 s (state R,
-gone later), twice in five runs. A process that outlives this is reported, not waited for."""
+"""Seconds a SIGKILLed process may take to be gone. Milliseconds, usually; on a 2-core VM under a
+full test run with the kernel's autogroup scheduling on (each session one equal CPU share, so a
+deployment's many processes starve together), vLLM processes killed while still importing took
+over 45 s to exit (state R, gone later). A process that outlives this is reported, not waited for."""
 
 
 def _state(pid: int) -> str:
