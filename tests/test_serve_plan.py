@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,38 @@ def test_cpu_pipeline_parallel_binds_threads_and_compiles():
     assert _flag(plan.argv, "--pipeline-parallel-size") == "2"
     assert plan.env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
     assert "--enforce-eager" not in plan.argv  # eager + PP crashes vLLM-CPU's second stage
+    assert json.loads(_flag(plan.argv, "--compilation-config")) == {"mode": 2, "backend": "eager"}  # traced once
+
+
+def test_enforce_eager_with_cpu_pp_is_refused_before_the_download(tmp_path):
+    """vLLM-CPU's second stage crashes on the first request in eager mode (checked on vLLM 0.32: the
+    server said ready, then answered 500); ``up`` refuses it before fetch, so nothing is downloaded."""
+    from dsagent.deploy.up import up
+    from dsagent.errors import InvalidOptionError
+
+    home = Settings.load(tmp_path / "home")
+    with pytest.raises(InvalidOptionError, match="drop --enforce-eager") as info:
+        up(options=ServeOptions(device="cpu", pp=2, enforce_eager=True), settings=home)
+    assert info.value.option == "--enforce-eager"
+    assert not home.models_dir.exists() or not any(home.models_dir.iterdir())  # nothing fetched
+    assert not list(home.deployments_dir.glob("*.json"))
+    with pytest.raises(InvalidOptionError):  # the planner refuses it too
+        plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(pp=2, enforce_eager=True), cpus=[0, 1])
+
+
+def test_cpu_data_parallel_runs_one_api_server_unless_asked():
+    """vLLM starts one API server per replica; on CPU dsagent asks for one (each is another import
+    beside engines on the same cores), on the head only, and a user's own count wins."""
+    head = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(dp=2, master_port=5000))
+    assert _flag(head.argv, "--api-server-count") == "1"
+    own = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(dp=2, master_port=5000,
+                                                                extra_args=("--api-server-count=2",)))
+    assert own.argv.count("--api-server-count") == 0 and "--api-server-count=2" in own.argv
+    node = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(dp=2, nodes=2, node_rank=1, node_ip="127.0.0.2",
+                                                                 master_port=5000))
+    assert "--api-server-count" not in node.argv and "--headless" in node.argv
+    gpu = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(device="gpu", dp=2, master_port=5000))
+    assert "--api-server-count" not in gpu.argv
 
 
 def test_gpu_plan_passes_parallelism_and_reasoning_parser():

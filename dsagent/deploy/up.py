@@ -22,7 +22,7 @@ from ..system.gpus import detect_device
 from ..system.ports import check_port, free_port, is_local_address, is_loopback, port_is_free
 from ..system.procs import port_owner
 from ..weights.fetch import FetchResult, fetch
-from .launch.argv import plan_serve
+from .launch.argv import check_eager_pp, plan_serve
 from .launch.options import ServeOptions, ServePlan
 from .launch.spawn import check_compiler, engine_version, launch, pin_interface, record_of
 from .nodes.join import JoinSpec, join_command
@@ -89,6 +89,7 @@ def _preflight(spec: ModelSpec, opts: ServeOptions, version: Callable[[], str],
                                  f"use --max-model-len {limit} or less", option="--max-model-len",
                                  value=opts.max_model_len)
     if opts.device == "cpu":
+        check_eager_pp(opts)
         check_compiler(opts)
         plan = cpu_plan(spec, opts, machine.ram_available())
         return replace(opts, kv_cache_gib=plan.kv_cache_gib), asdict(plan)

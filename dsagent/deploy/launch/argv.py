@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ...errors import ParallelismError
+from ...errors import InvalidOptionError, ParallelismError
 from ...plan.budget import cpu_context
 from ...settings import Settings
 from ..record.identity import MARK, mark_for
@@ -44,6 +44,17 @@ def thread_binding(workers: int, cpus: Sequence[int]) -> str:
     return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
 
 
+def check_eager_pp(o: ServeOptions) -> None:
+    """Refuse ``--enforce-eager`` with PP on CPU, before any download or launch: vLLM-CPU's later
+    stages crash on the first request in eager mode, after the server has said ready."""
+    if o.device == "cpu" and o.pp > 1 and o.enforce_eager:
+        raise InvalidOptionError(
+            f"--enforce-eager with --pp {o.pp} on CPU: vLLM-CPU's later pipeline stages crash on the first "
+            "request in eager mode (assert self.intermediate_tensors is not None), after the server said ready",
+            "drop --enforce-eager: dsagent runs PP on CPU with Dynamo's eager backend, traced once (no compiler, "
+            "no Inductor)", option="--enforce-eager", value=True)
+
+
 def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int] | None,
                  env: dict[str, str], notes: list[str]) -> ServeOptions:
     """What dsagent decides for a CPU launch: float32, a 2048 context, eager unless PP, the KV space
@@ -55,6 +66,7 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
     # torch.compile costs ~4 min on 2 cores; eager with PP>1 crashes vLLM-CPU's PP worker, so PP runs
     # the compiled path with Dynamo's eager backend (EAGER_BACKEND: no Inductor, no C++ compiler).
     eager = o.pp == 1 if o.enforce_eager is None else o.enforce_eager
+    check_eager_pp(replace(o, enforce_eager=eager))
     if o.kv_cache_gib:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
     workers = o.world // o.nodes  # this node's share of the ranks
@@ -72,6 +84,11 @@ def _cluster_flags(o: ServeOptions) -> list[str]:
         return argv + (["--data-parallel-size", str(o.dp), "--data-parallel-backend", "ray"] if o.dp > 1 else [])
     if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
         argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
+        if o.device == "cpu" and o.node_rank == 0 and not any(a.split("=")[0] == "--api-server-count"
+                                                               for a in o.extra_args):
+            # vLLM starts one API server per replica: on CPU each is another ~10 s import and ~0.7 GB
+            # beside engines that share the same cores; one front serves a CPU deployment's load
+            argv += ["--api-server-count", "1"]
     if o.nodes > 1:
         argv += ["--nnodes", str(o.nodes), "--node-rank", str(o.node_rank), "--master-addr",
                  str(o.master_addr or o.node_ip or "127.0.0.1"), "--master-port", str(o.master_port)]
@@ -80,10 +97,13 @@ def _cluster_flags(o: ServeOptions) -> list[str]:
     return argv
 
 
-EAGER_BACKEND = '{"backend": "eager"}'
+EAGER_BACKEND = '{"mode": 2, "backend": "eager"}'
 """PP on CPU: the compiled model runner (vLLM-CPU's eager mode crashes the second stage on the first
-request) with Dynamo's eager backend: no Inductor code generation, so no C++ compiler and no
-minutes of compiling (measured: ready in 92 s on 2 cores, against 150-285 s with Inductor)."""
+request: only the compiled path's warm-up allocates the stage's intermediate tensors) with Dynamo's
+eager backend, traced once (mode 2, ``DYNAMO_TRACE_ONCE``): no Inductor code generation, so no C++
+compiler, and no piecewise split of the graph. Measured on 2 cores (``benchmarks/cpu_pp_start.py``):
+ready in about 51 s, against 91 s with vLLM's default mode 3 on the same backend and 150-285 s
+with Inductor."""
 
 
 def own_compilation(o: ServeOptions) -> bool:
