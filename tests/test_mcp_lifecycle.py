@@ -1,8 +1,8 @@
 """``dsagent mcp --up``: the handshake does not wait for a cold start, tools say "model is starting",
 and when the client leaves, the vLLM server this MCP server started is gone, every process of it.
 
-It starts a second vLLM server in a home of its own, so it runs last (with the tests that stop the
-session server), never beside another test's server.
+It starts a vLLM server in a home of its own and never touches the session server, so it is
+scheduled like any other file (under pytest-xdist, on whichever worker is free).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dsagent.deploy.record.identity import processes_of
 from dsagent.deploy.record.store import list_all
 from dsagent.settings import Settings
 
-pytestmark = pytest.mark.lifecycle_end
+pytestmark = pytest.mark.server  # starts vLLM in a home of its own (the session server is not touched)
 
 
 @pytest.mark.timeout(900)
