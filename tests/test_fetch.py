@@ -19,6 +19,15 @@ from dsagent.weights.fetch import MANIFEST, fetch
 from dsagent.weights.manifest import Manifest, check_safetensors, verify
 
 
+CONVERTED = {
+    "model.safetensors": "7ef915c9bf9d94d8d70211970476878352a5b95855c589ae987916d7a455242b",
+    "tokenizer.json": "bf346d64f6f0fbcefb4c1b6928a98241467dff36c6fbae5fe1785c4ff90667f4",
+}
+"""What the converter writes: the converter parses the GGUF once (``weights/convert.py``:
+``_parse_once``), and these are the digests transformers' own path wrote, parsing it three times
+(measured with transformers 5.19; a change in transformers' writer shows here too)."""
+
+
 @pytest.fixture(scope="module")
 def fetched(settings):
     return fetch(resolve("smollm2-135m-instruct"), settings=settings)
@@ -35,6 +44,7 @@ def test_conversion_writes_a_complete_hf_folder_with_a_manifest(fetched):
     assert len(manifest["origin_sha256"]) == 64
     st = manifest["files"]["model.safetensors"]
     assert st["sha256"] == digest(fetched.path / "model.safetensors")
+    assert {f: manifest["files"][f]["sha256"] for f in CONVERTED} == CONVERTED
     check_safetensors(fetched.path / "model.safetensors")
 
 
@@ -110,3 +120,4 @@ def test_a_conversion_killed_midway_leaves_no_model_and_is_redone_once_by_two_fe
     assert other.returncode == 0 and first["reused"] is False
     assert res.reused and (res.path / MANIFEST).is_file()
     assert not list(models.glob(".staging-*"))
+    assert {f: digest(res.path / f) for f in CONVERTED} == CONVERTED  # the redone conversion is the same
