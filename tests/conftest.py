@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
-_HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
+_HOME = Path()
+"""This process's home, made in ``pytest_configure`` (not at import: ``from conftest import run_cli``
+imports this file a second time, and each import made a folder that nothing removed)."""
 _OWNS_MODELS = pytest.StashKey[bool]()
 
 
@@ -40,6 +42,8 @@ converted once per run, not once per worker (``fetch`` holds a lock while it con
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _HOME
+    _HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
     signal.signal(signal.SIGTERM, _ended_by_signal)
     if not os.environ.get(_MODELS):  # the controller, or a run without workers
         os.environ[_MODELS] = tempfile.mkdtemp(prefix="dsagent-test-models-")
@@ -49,6 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("DSAGENT_PYTHON", None)
     os.environ.setdefault("DSAGENT_DEVICE", "cpu")
     config.addinivalue_line("markers", "lifecycle_end: stops or kills the session server; runs last")
+    config.addinivalue_line("markers", "last_in_module: runs after the other tests of its module (the rest "
+                                       "stay shuffled): it undoes what they reuse")
     if worker := getattr(config, "workerinput", {}).get("workerid"):  # pytest-xdist: gw0, gw1, ...
         # each worker's vLLM servers compute on a core of their own (vLLM's "auto" binds every one to core 0)
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(int(worker[2:]) % len(os.sched_getaffinity(0))))
@@ -61,11 +67,16 @@ _PARAMS = re.compile(r"def \w+\(([^)]*)\)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
+    """Mark what needs vLLM ``server``; then, on top of pytest-randomly's shuffle (it runs first),
+    ``lifecycle_end`` tests last and a ``last_in_module`` test last in its module (stable sort)."""
+    module_at: dict[str, int] = {}
+    for i, item in enumerate(items):
         uses = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
         if uses or item.get_closest_marker("lifecycle_end"):
             item.add_marker(pytest.mark.server)
-    items.sort(key=lambda item: item.get_closest_marker("lifecycle_end") is not None)
+        module_at.setdefault(str(item.path), i)
+    items.sort(key=lambda item: (item.get_closest_marker("lifecycle_end") is not None, module_at[str(item.path)],
+                                 item.get_closest_marker("last_in_module") is not None))
 
 
 def session_server_files(tests: Path) -> set[str]:
