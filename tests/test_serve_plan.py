@@ -73,6 +73,8 @@ def test_cpu_data_parallel_runs_one_api_server_unless_asked():
     own = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(dp=2, master_port=5000,
                                                                 extra_args=("--api-server-count=2",)))
     assert own.argv.count("--api-server-count") == 0 and "--api-server-count=2" in own.argv
+    alias = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(dp=2, master_port=5000, extra_args=("-asc", "2")))
+    assert "--api-server-count" not in alias.argv and alias.argv[-2:] == ("-asc", "2")  # vLLM's short alias
     node = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(dp=2, nodes=2, node_rank=1, node_ip="127.0.0.2",
                                                                  master_port=5000))
     assert "--api-server-count" not in node.argv and "--headless" in node.argv

@@ -84,8 +84,7 @@ def _cluster_flags(o: ServeOptions) -> list[str]:
         return argv + (["--data-parallel-size", str(o.dp), "--data-parallel-backend", "ray"] if o.dp > 1 else [])
     if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
         argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
-        if o.device == "cpu" and o.node_rank == 0 and not any(a.split("=")[0] == "--api-server-count"
-                                                               for a in o.extra_args):
+        if o.device == "cpu" and o.node_rank == 0 and not user_sets(o, "--api-server-count", "-asc"):
             # vLLM starts one API server per replica: on CPU each is another ~10 s import and ~0.7 GB
             # beside engines that share the same cores; one front serves a CPU deployment's load
             argv += ["--api-server-count", "1"]
@@ -101,9 +100,18 @@ EAGER_BACKEND = '{"mode": 2, "backend": "eager"}'
 """PP on CPU: the compiled model runner (vLLM-CPU's eager mode crashes the second stage on the first
 request: only the compiled path's warm-up allocates the stage's intermediate tensors) with Dynamo's
 eager backend, traced once (mode 2, ``DYNAMO_TRACE_ONCE``): no Inductor code generation, so no C++
-compiler, and no piecewise split of the graph. Measured on 2 cores (``benchmarks/cpu_pp_start.py``):
-ready in about 51 s, against 91 s with vLLM's default mode 3 on the same backend and 150-285 s
-with Inductor."""
+compiler, and no piecewise split of the graph. Measured on 2 cores (``benchmarks/cpu_parallel_start.py``):
+ready in 59 s, against 95 s with vLLM's default mode 3 on the same backend and 150-285 s with
+Inductor."""
+
+
+def user_sets(o: ServeOptions, *flags: str) -> bool:
+    """Whether the user's ``--vllm-arg``s pass any of vLLM's ``flags`` (as ``--flag v`` or ``--flag=v``).
+
+    >>> user_sets(ServeOptions(extra_args=("-asc=2",)), "--api-server-count", "-asc")
+    True
+    """
+    return any(a.split("=")[0] in flags for a in o.extra_args)
 
 
 def own_compilation(o: ServeOptions) -> bool:
@@ -112,7 +120,7 @@ def own_compilation(o: ServeOptions) -> bool:
     >>> own_compilation(ServeOptions(extra_args=("-O3",))), own_compilation(ServeOptions(extra_args=("--seed=1",)))
     (True, False)
     """
-    return any(a.split("=")[0] in ("--compilation-config", "-cc") or a.startswith("-O") for a in o.extra_args)
+    return user_sets(o, "--compilation-config", "-cc") or any(a.startswith("-O") for a in o.extra_args)
 
 
 THINK_TAGS = '{"reasoning_start_str": "<think>", "reasoning_end_str": "</think>"}'
