@@ -44,6 +44,16 @@ def thread_binding(workers: int, cpus: Sequence[int]) -> str:
     return "|".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in groups)
 
 
+IN_PROCESS_WORKER = "VLLM_ENABLE_V1_MULTIPROCESSING"
+"""Set to ``0`` for a one-worker CPU deployment (TP = PP = DP = 1, one node), unless the user's
+environment sets it. The OpenAI server still runs its engine in a process of its own (``AsyncLLM``
+ignores the variable), but vLLM-CPU then keeps the model's worker inside that engine process
+instead of spawning a third process that imports torch and vLLM once more and that the engine
+busy-polls. Measured on 2 cores (``benchmarks/cpu_single_start.py``): ready in ~22 s instead of
+~31 s, 0.7 GB less memory, and faster decoding (24 against 19 tokens/s for one request, 122
+against 86 for eight)."""
+
+
 def check_eager_pp(o: ServeOptions) -> None:
     """Refuse ``--enforce-eager`` with PP on CPU, before any download or launch: vLLM-CPU's later
     stages crash on the first request in eager mode, after the server has said ready."""
@@ -70,6 +80,9 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
     if o.kv_cache_gib:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
     workers = o.world // o.nodes  # this node's share of the ranks
+    if o.world == 1 and o.nodes == 1 and o.backend == "mp" and IN_PROCESS_WORKER not in os.environ:
+        env[IN_PROCESS_WORKER] = "0"
+        notes.append("one worker: it runs inside vLLM's engine process (no third process to import)")
     if workers > 1 or o.cpus:
         usable = list(o.cpus or (cpus if cpus is not None else sorted(os.sched_getaffinity(0))))
         env["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(workers, usable)
