@@ -1,13 +1,15 @@
 """A one-worker CPU deployment: the worker in vLLM's engine process (dsagent) against its own process.
 
 Run: python benchmarks/cpu_single_start.py [--repeat N]
-Each round runs `dsagent up` (the whole command, to ready) on the embedded model two ways:
+Each round runs `dsagent up` (the whole command, to ready) on the embedded model three ways:
 
 - vLLM-CPU's default: `VLLM_ENABLE_V1_MULTIPROCESSING=1` in the environment (dsagent leaves a
   value the user set alone), so vLLM-CPU swaps its one-process executor for the multiprocess one:
-  API server, engine and a third process for the worker, which imports torch and vLLM again and
-  which the engine busy-polls;
-- dsagent's choice (``argv.IN_PROCESS_WORKER``): the worker inside the engine process.
+  API server, engine and a third process for the worker (bound by vLLM's "auto" to one core, one
+  kept for the rest), which imports torch and vLLM again and which the engine busy-polls;
+- dsagent's choice (``argv.IN_PROCESS_WORKER``): the worker inside the engine process, on torch's
+  own thread count (every core);
+- the same on one OpenMP thread (`OMP_NUM_THREADS=1`, what the test suite's deployments use).
 
 Then it measures the deployment's memory (resident set of every process, summed), decoding speed
 (128 tokens each, `ignore_eos`, for 1 and for 8 requests at once) and one greedy answer, and stops
@@ -38,7 +40,8 @@ from dsagent.deploy.record.store import load  # noqa: E402
 from dsagent.settings import Settings  # noqa: E402
 
 BASELINE = "3 processes (vLLM-CPU's default)"
-WAYS = [(BASELINE, {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}), ("worker in the engine (dsagent)", {})]
+WAYS = [(BASELINE, {"VLLM_ENABLE_V1_MULTIPROCESSING": "1"}), ("worker in the engine (dsagent)", {}),
+        ("worker in the engine, 1 thread", {"OMP_NUM_THREADS": "1"})]
 
 
 def up(name: str, env: dict[str, str]) -> float:
@@ -80,7 +83,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="dsagent-bench-"))
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND")}
     env |= {"DSAGENT_HOME": str(home), "DSAGENT_DEVICE": "cpu"}
     settings = Settings.load(home)
     subprocess.run([sys.executable, "-m", "dsagent.cli", "fetch", "smollm2-135m-instruct"], env=env,

@@ -35,6 +35,9 @@ def _ended_by_signal(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"ended by signal {signum}")
 
 
+CORE = "DSAGENT_TEST_CORE"
+"""This pytest-xdist worker's core, for the deployments of several worker processes it starts."""
+
 _MODELS = "DSAGENT_TEST_MODELS"
 """The environment variable naming the run's one models folder (made by the controller, inherited by
 pytest-xdist's workers): each worker's home links its ``models`` there, so the embedded model is
@@ -56,8 +59,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "last_in_module: runs after the other tests of its module (the rest "
                                        "stay shuffled): it undoes what they reuse")
     if worker := getattr(config, "workerinput", {}).get("workerid"):  # pytest-xdist: gw0, gw1, ...
-        # each worker's vLLM servers compute on a core of their own (vLLM's "auto" binds every one to core 0)
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(int(worker[2:]) % len(os.sched_getaffinity(0))))
+        # the core of this worker's deployments of several processes (vLLM's "auto" binds every worker
+        # process to core 0); a one-worker deployment computes in its engine process on one OpenMP
+        # thread (torch's default: every core) that the kernel places
+        os.environ.setdefault(CORE, str(int(worker[2:]) % len(os.sched_getaffinity(0))))
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     if config.pluginmanager.hasplugin("benchmark"):  # LangChain's test_init_time: speed lives in benchmarks/
         config.option.benchmark_disable = True
 
@@ -141,7 +147,17 @@ def server(settings):
     from dsagent.deploy.launch.options import ServeOptions
     from dsagent.deploy.up import up
 
-    dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
+    # vLLM-CPU's own layout, the worker in a process of its own on this worker's core (dsagent keeps a
+    # user's VLLM_ENABLE_V1_MULTIPROCESSING): it decodes ~1.2x as fast as a worker inside the engine
+    # on one core, and the session server's decoding is most of this worker's time
+    own = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_OMP_THREADS_BIND": os.environ.get(CORE, "auto")}
+    saved = {k: os.environ.get(k) for k in own}
+    os.environ.update(own)
+    try:
+        dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert dep.state == "ready"
     return dep
 

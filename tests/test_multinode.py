@@ -44,8 +44,7 @@ STOP_BOUND = 30.0  # seconds a joined node may outlive its head
 # The head's and the node's cores: 0 and 1; under pytest-xdist both on this worker's own core
 # (tests/conftest.py), so neither rank shares a core with the other worker's session server
 # (a starved rank held the other's warm-up: the PP test took 513 s instead of ~150).
-HEAD_CORE, NODE_CORE = (int(os.environ["VLLM_CPU_OMP_THREADS_BIND"]),) * 2 \
-    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "").isdigit() else (0, 1)
+HEAD_CORE, NODE_CORE = (int(os.environ["DSAGENT_TEST_CORE"]),) * 2 if os.environ.get("DSAGENT_TEST_CORE") else (0, 1)
 
 
 @pytest.fixture(scope="module")

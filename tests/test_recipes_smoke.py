@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import dsagent
 
@@ -91,18 +92,27 @@ def test_recipe_scripts_run_against_the_server(server, api_key, tmp_path):
         assert out.returncode == 0, out.stderr
         return out.stdout
 
-    for script in ("translate.py", "naming.py", "qa.py", "agent.py"):
-        assert "usage:" in run(sys.executable, str(root / script), "--help")
     mcp_server = str(Path(__file__).with_name("mcp_arith.py"))
-    assert "human: What is 3 + 4?" in run(sys.executable, str(root / "agent.py"), "What is 3 + 4?", "--mcp", mcp_server)
-    assert "Paris" in run(sys.executable, str(root / "qa.py"), "What is the capital of France?")
-    names = run(sys.executable, str(root / "naming.py"), "a nickname for a baby boy", "-n", "2").split()
-    assert len(names) == 2 and are_names(names), names
     # greedy (--temperature 0) and bounded: the tiny model can repeat itself up to the context limit
     greedy = ("--max-tokens", "64", "--temperature", "0")
-    assert "Paris" in run(sys.executable, str(root / "call_openai_sdk.py"), *greedy)
-    assert "Paris" in run(sys.executable, str(root / "call_chatopenai.py"), *greedy)
-    assert is_french_for_i_love_programming(run(sys.executable, str(root / "call_chatdeepseek.py"), *greedy))
+    runs = {  # four at a time: the server decodes their requests in one batch
+        **{f"{script} --help": (str(root / script), "--help") for script in ("translate.py", "naming.py", "qa.py",
+                                                                             "agent.py")},
+        "agent": (str(root / "agent.py"), "What is 3 + 4?", "--mcp", mcp_server),
+        "qa": (str(root / "qa.py"), "What is the capital of France?"),
+        "naming": (str(root / "naming.py"), "a nickname for a baby boy", "-n", "2"),
+        **{script: (str(root / f"{script}.py"), *greedy) for script in ("call_openai_sdk", "call_chatopenai",
+                                                                       "call_chatdeepseek")},
+    }
+    with ThreadPoolExecutor(4) as pool:
+        said = dict(zip(runs, pool.map(lambda argv: run(sys.executable, *argv), runs.values())))
+    assert all("usage:" in said[f"{s} --help"] for s in ("translate.py", "naming.py", "qa.py", "agent.py")), said
+    assert "human: What is 3 + 4?" in said["agent"]
+    assert "Paris" in said["qa"]
+    names = said["naming"].split()
+    assert len(names) == 2 and are_names(names), names
+    assert "Paris" in said["call_openai_sdk"] and "Paris" in said["call_chatopenai"], said
+    assert is_french_for_i_love_programming(said["call_chatdeepseek"])
     shim = tmp_path / "bin"
     shim.mkdir()
     (shim / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/curl-argv\nexec {shutil.which("curl")} "$@"\n')

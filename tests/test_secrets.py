@@ -89,10 +89,10 @@ _FIRST_USE = (
 def _first_uses(home: Path, n: int = 20) -> list[str]:
     """``n`` processes call ``Settings.load(home).api_key()`` at one instant; the keys they got."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    # one CPU for all 20: this pytest-xdist worker's own core (where only its own, idle, vLLM servers
-    # are bound), not core 0, where the other worker's server may be answering a test (20 spinning
-    # processes there starved each other past the minute once)
-    own = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "")
+    # one CPU for all 20: this pytest-xdist worker's own core (tests/conftest.py), not core 0, where the
+    # other worker's deployments may be answering a test (20 spinning processes there starved each
+    # other past the minute once)
+    own = os.environ.get("DSAGENT_TEST_CORE", "")
     cpu = own if own.isdigit() and int(own) in os.sched_getaffinity(0) else str(min(os.sched_getaffinity(0)))
     children = [subprocess.Popen([sys.executable, "-c", _FIRST_USE, str(home), cpu], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

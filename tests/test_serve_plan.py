@@ -9,7 +9,7 @@ import pytest
 
 from dsagent.errors import InputError, ParallelismError
 from dsagent.plan.budget import check_layout
-from dsagent.system.procs import MARK
+from dsagent.system.procs import MARK, PIN
 from dsagent.deploy.launch.options import ServeOptions
 from dsagent.deploy.launch.argv import plan_serve, thread_binding
 from dsagent.settings import Settings
@@ -87,11 +87,26 @@ def test_one_cpu_worker_runs_inside_the_engine_process_unless_the_user_says_othe
     off: a third process that imports torch and vLLM again (benchmarks/cpu_single_start.py: ready
     0.71x the time, 1.32x the decoding speed with it off). Only a one-worker, one-node launch."""
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
-    one = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions())
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    one = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1, 2, 3])
     assert one.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    # vLLM binds threads only in workers it spawns: by default torch's own count (every core), unpinned ...
+    assert "OMP_NUM_THREADS" not in one.env and PIN not in one.env and "VLLM_CPU_OMP_THREADS_BIND" not in one.env
+    # ... but cores the user names hold the whole tree (a launch's PIN: spawn sets its affinity)
+    named = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(cpus=(2, 3)), cpus=[0, 1, 2, 3])
+    assert named.env["OMP_NUM_THREADS"] == "2" and named.env[PIN] == "2,3"
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1-2")
+    own = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1, 2, 3])
+    assert own.env["OMP_NUM_THREADS"] == "2" and own.env[PIN] == "1,2"
+    for free in ("nobind", "auto"):
+        monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", free)
+        plan = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1, 2, 3])
+        assert "OMP_NUM_THREADS" not in plan.env and PIN not in plan.env
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
     for many in (ServeOptions(tp=3, cpus=(0, 1, 2)), ServeOptions(pp=2), ServeOptions(dp=2, master_port=5000),
                  ServeOptions(nodes=2, node_ip="127.0.0.2", master_port=5000), ServeOptions(device="gpu")):
-        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan_serve("smol", Path("/m"), SETTINGS, many).env, many
+        plan = plan_serve("smol", Path("/m"), SETTINGS, many, cpus=[0, 1])
+        assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan.env and PIN not in plan.env, many
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own choice is left alone
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan_serve("smol", Path("/m"), SETTINGS, ServeOptions()).env
 
@@ -120,3 +135,21 @@ def test_tp_that_does_not_divide_heads_names_the_valid_sizes():
         check_layout({"num_attention_heads": 9, "num_hidden_layers": 30}, tp=2)
     assert "does not divide the model's 9 attention heads" in str(info.value)
     assert "[1, 3, 9]" in info.value.remedy
+
+
+def test_a_pinned_launch_runs_on_the_named_cores_only(tmp_path):
+    """``procs.spawn`` honours a launch's PIN before the child imports anything: a real child reads
+    its own affinity (every thread and process it starts inherits it)."""
+    import os
+    import sys
+
+    from dsagent.system.procs import spawn
+
+    core = max(os.sched_getaffinity(0))
+    log = tmp_path / "logs" / "pin.log"
+    child = spawn([sys.executable, "-c", "import os, time; time.sleep(0.5); print(sorted(os.sched_getaffinity(0)))"],
+                  {**os.environ, PIN: str(core)}, log)
+    assert child.wait(timeout=60) == 0
+    assert log.read_text().strip() == f"[{core}]"
+    free = spawn([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"], dict(os.environ), log)
+    assert free.wait(timeout=60) == 0 and log.read_text().split()[-1] == str(len(os.sched_getaffinity(0)))

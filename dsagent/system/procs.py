@@ -22,8 +22,8 @@ from ..files import append_private
 from ..settings import SECRETS
 
 __all__ = [
-    "PACKAGE_ROOT", "ProcInfo", "TimeoutExpired", "all_processes", "alive", "cxx_compiler", "end_processes", "engine_env",
-    "port_owner", "process_info", "run", "spawn", "vllm_processes",
+    "PACKAGE_ROOT", "PIN", "ProcInfo", "TimeoutExpired", "all_processes", "alive", "cxx_compiler", "end_processes", "engine_env",
+    "numa_nodes", "port_owner", "process_info", "run", "spawn", "vllm_processes",
 ]
 
 MARK = "DSAGENT_DEPLOYMENT"
@@ -46,11 +46,17 @@ class ProcInfo:
         return f"pid {self.pid} ({self.name}): {self.cmdline[:160]}"
 
 
+PIN = "DSAGENT_CPUS"
+"""An environment variable of a launch (``0,1``): ``spawn`` confines the new process tree to those
+cores (the CPU affinity every child inherits); kept in the record's environment, so a relaunch does too."""
+
+
 def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
     """Start ``argv`` as the leader of a new session, output appended to ``log_path`` (mode 0600,
-    in a 0700 folder: a log may hold prompts, paths and tracebacks)."""
+    in a 0700 folder: a log may hold prompts, paths and tracebacks); on the cores ``env[PIN]`` names."""
+    cores = {int(c) for c in env[PIN].split(",")} if env.get(PIN) else None
     with os.fdopen(append_private(log_path), "ab") as log:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             list(argv),
             env=dict(env),
             stdin=subprocess.DEVNULL,
@@ -59,6 +65,12 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path
             cwd=cwd,
             start_new_session=True,
         )
+    if cores is not None:  # at once, while it starts its interpreter: every thread and child inherits them
+        try:
+            os.sched_setaffinity(proc.pid, cores)
+        except OSError:  # gone already: the wait that follows reports why
+            pass
+    return proc
 
 
 TimeoutExpired = subprocess.TimeoutExpired
@@ -75,6 +87,11 @@ def engine_env(base: Mapping[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in {**base, **extra}.items() if k not in SECRETS}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), base.get("PYTHONPATH")]))
     return env
+
+
+def numa_nodes() -> int:
+    """NUMA nodes of this machine (``/sys``; 1 where it does not say)."""
+    return max(1, len(list(Path("/sys/devices/system/node").glob("node[0-9]*"))))
 
 
 def cxx_compiler() -> str | None:
