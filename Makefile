@@ -40,9 +40,9 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m dsagent.demo
 
-# Two pytest-xdist workers: one takes every file that uses the session's vLLM server (one start),
-# the other everything else; each worker's vLLM servers compute on a core of their own
-# (tests/conftest.py). pytest-randomly shuffles the order and prints its seed at the top:
+# Two pytest-xdist workers share one home and the run's vLLM server (one start; their requests share
+# its batches) and take whole files, longest first; the file that stops that server waits for every
+# other file that uses it (tests/conftest.py). pytest-randomly shuffles the order and prints its seed:
 #   make test TEST_ARGS="-n 2 --randomly-seed=N"   repeats that order
 #   make test TEST_ARGS="-p no:randomly"           one process, file order
 TEST_ARGS ?= -n 2

