@@ -112,15 +112,12 @@ def session_server_files(tests: Path) -> set[str]:
 
 WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the ones that dominate
     "tests/test_multinode.py": 290, "tests/test_supervise.py": 188, "tests/test_router.py": 111,
-    "tests/test_langchain_standard.py::TestLocalChatDeepSeekStandard": 140,
-    "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 140,
     "tests/test_thinking_budget.py": 56, "tests/test_recipes_smoke.py": 46, "tests/test_mcp_lifecycle.py": 43,
     "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_ray.py": 30, "tests/test_agents.py": 30,
+    # 140 s each, first: both workers start with one, so their requests share the server's batches
+    "tests/test_langchain_standard.py::TestLocalChatDeepSeekStandard": 1000,
+    "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 1000,
 }
-OWN = {"tests/test_multinode.py", "tests/test_supervise.py", "tests/test_router.py", "tests/test_mcp_lifecycle.py",
-       "tests/test_ray.py"}
-"""Files that start vLLM servers (or a Ray cluster) of their own: CPU-bound, so two of them are not
-run at once while another file can go beside one (the run's server decodes on about one core)."""
 BY_CLASS = {"tests/test_langchain_standard.py"}
 """Files whose classes are scheduled apart (each class on its own: both run at once, in one batch)."""
 
@@ -130,7 +127,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """Under ``-n N``: each file goes whole to a worker (a file's module fixtures, such as the router's,
     start once, not once per worker), LangChain's standard suites a class each; the longest waiting
     one first (``WEIGHT``, else half a second a test), so no worker is left with a long file at the
-    end, but not a second file that starts servers of its own (``OWN``) beside another one. Every
+    end (LangChain's two standard suites first, one per worker, so their requests batch). Every
     worker shares the run's server, so its users spread over them; a ``lifecycle_end``
     file, which stops that server, waits until every other file that uses it has finished on every
     worker (its worker idles meanwhile or takes other files).
@@ -169,11 +166,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
                     if other is not node and not other.shutting_down:
                         other.shutdown()
                 return
-            busy = {s.split("::")[0] for other, work in self.assigned_work.items() if other is not node
-                    for s, unit in work.items() if not all(unit.values())}
-            own_beside = bool(busy & OWN)
-            scope = max(free, key=lambda s: (not (own_beside and s.split("::")[0] in OWN),
-                                             WEIGHT.get(s, 0.5 * len(self.workqueue[s]))))
+            scope = max(free, key=lambda s: WEIGHT.get(s, 0.5 * len(self.workqueue[s])))
             unit = self.workqueue.pop(scope)
             self.assigned_work.setdefault(node, {})[scope] = unit
             collection = self.registered_collections[node]
