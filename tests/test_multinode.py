@@ -54,6 +54,18 @@ def model_dir(settings) -> str:
     return str(fetch("smollm2-135m-instruct", settings=settings).path)
 
 
+def _master_port(host: str = "127.0.0.1") -> int:
+    """A master port whose next two are free too: dsagent uses the port, +1 (DP's handshake) and +2 (the
+    roll call). A free port alone left +2 to chance: another worker's server once held it, and ``up``
+    refused the layout, as it should."""
+    from dsagent.system.ports import port_is_free
+
+    while True:
+        port = free_port(host)
+        if port_is_free(host, port + 1) and port_is_free(host, port + 2):
+            return port
+
+
 def _join_command(head_dep, prefix: tuple[str, ...] = ()) -> list[str]:
     argv = shlex.split(head_dep.nodes[1]["join"])
     # the head's master port took over join's default wait to open on a busy machine (a fresh clone's
@@ -119,7 +131,7 @@ def test_pp2_over_two_nodes_answers_and_a_killed_head_takes_the_node_down(model_
     head_ip, node_ip, prefix, veths = two_hosts
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
     opts = ServeOptions(host=head_ip, port=0, device="cpu", pp=2, nodes=2, node_ip=head_ip,
-                        master_port=free_port(head_ip), cpus=(HEAD_CORE,))
+                        master_port=_master_port(head_ip), cpus=(HEAD_CORE,))
     head = up(model_dir, options=opts, name="pp2", settings=settings, wait_ready=False, peers=(node_ip,))
     try:
         assert head.nodes[1]["ip"] == node_ip and "--node-rank 1" in head.nodes[1]["join"]
@@ -158,7 +170,7 @@ def test_dp2_over_two_nodes_serves_from_both_and_stops_everywhere(model_dir, tmp
     """Two data-parallel replicas, one per node, behind the head's endpoint; then `dsagent stop` on
     the head: the joined node follows within the bound."""
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
-    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
+    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=_master_port(),
                         cpus=(HEAD_CORE,))
     head = up(model_dir, options=opts, name="dp2", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
@@ -269,7 +281,7 @@ def test_a_node_that_dies_is_reported_on_the_head_which_stops(model_dir, tmp_pat
     from dsagent.errors import StartupError
 
     settings, node2 = Settings.load(tmp_path / "head"), Settings.load(tmp_path / "node2")
-    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_port(),
+    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=_master_port(),
                         cpus=(HEAD_CORE,))
     head = up(model_dir, options=opts, name="crash", settings=settings, wait_ready=False, peers=("127.0.0.2",))
     try:
