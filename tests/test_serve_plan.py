@@ -105,7 +105,7 @@ def test_one_cpu_worker_runs_inside_the_engine_process_unless_the_user_says_othe
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
     for many in (ServeOptions(tp=3, cpus=(0, 1, 2)), ServeOptions(pp=2), ServeOptions(dp=2, master_port=5000),
                  ServeOptions(nodes=2, node_ip="127.0.0.2", master_port=5000), ServeOptions(device="gpu")):
-        plan = plan_serve("smol", Path("/m"), SETTINGS, many, cpus=[0, 1])
+        plan = plan_serve("smol", Path("/m"), SETTINGS, many, cpus=[0, 1, 2])
         assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan.env and PIN not in plan.env, many
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own choice is left alone
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan_serve("smol", Path("/m"), SETTINGS, ServeOptions()).env
@@ -153,3 +153,12 @@ def test_a_pinned_launch_runs_on_the_named_cores_only(tmp_path):
     assert log.read_text().strip() == f"[{core}]"
     free = spawn([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"], dict(os.environ), log)
     assert free.wait(timeout=60) == 0 and log.read_text().split()[-1] == str(len(os.sched_getaffinity(0)))
+
+
+def test_cpus_outside_the_usable_cores_are_refused_before_anything_starts():
+    """``--cpus`` names cores the launch is confined to: one this machine does not let us use is refused
+    in the planner, naming the usable ones (before, the affinity call failed after the launch, unseen)."""
+    with pytest.raises(InputError, match=r"core\(s\) 7 are not among this process's usable cores \(0,1\)") as info:
+        plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(cpus=(1, 7)), cpus=[0, 1])
+    assert info.value.option == "--cpus"
+    assert plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(cpus=(1,)), cpus=[0, 1]).env[PIN] == "1"

@@ -108,7 +108,13 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
     if o.kv_cache_gib:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
     workers = o.world // o.nodes  # this node's share of the ranks
-    usable = list(o.cpus or (cpus if cpus is not None else sorted(os.sched_getaffinity(0))))
+    allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
+    if o.cpus and not set(o.cpus) <= set(allowed):
+        raise InvalidOptionError(
+            f"--cpus {','.join(map(str, o.cpus))}: core(s) {','.join(map(str, sorted(set(o.cpus) - set(allowed))))} "
+            f"are not among this process's usable cores ({','.join(map(str, allowed))})",
+            "name cores from that list", option="--cpus", value=",".join(map(str, o.cpus)))
+    usable = list(o.cpus or allowed)
     user_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
     if (o.world == 1 and o.nodes == 1 and o.backend == "mp" and IN_PROCESS_WORKER not in os.environ
             and numa_nodes() == 1 and "|" not in (user_bind or "")):
