@@ -43,7 +43,8 @@ def _ended_by_signal(signum: int, _frame: object) -> None:
 
 
 CORE = "DSAGENT_TEST_CORE"
-"""This pytest-xdist worker's core, for the deployments of several worker processes it starts."""
+"""This pytest-xdist worker's core, for tests that crowd many processes onto one core
+(``test_secrets``: twenty first uses of the key at once), so the two workers' crowds do not meet."""
 
 _MODELS = "DSAGENT_TEST_MODELS"
 """The environment variable naming the run's one models folder (made by the controller, inherited by
@@ -72,9 +73,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "last_in_module: runs after the other tests of its module (the rest "
                                        "stay shuffled): it undoes what they reuse")
     if worker:
-        # the core of this worker's deployments of several processes (vLLM's "auto" binds every worker
-        # process to core 0); a one-worker deployment computes in its engine process on one OpenMP
-        # thread (torch's default: every core) that the kernel places
+        # a one-worker deployment computes in its engine process on one OpenMP thread (torch's default:
+        # every core), which the kernel places
         os.environ.setdefault(CORE, str(int(worker[2:]) % len(os.sched_getaffinity(0))))
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     if config.pluginmanager.hasplugin("benchmark"):  # LangChain's test_init_time: speed lives in benchmarks/
@@ -156,15 +156,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             return any(s.split("::")[0] in users and not all(unit.values())
                        for other, work in self.assigned_work.items() if other is not node for s, unit in work.items())
 
+        def _end_others(self, node: object) -> None:
+            """Tell every other worker to end once it has run what it holds."""
+            for other in self.nodes:
+                if other is not node and not other.shutting_down:
+                    other.shutdown()
+
         def _assign_work_unit(self, node: object) -> None:
             free = [s for s in self.workqueue if not self._held(s, node)]
             if not free:
                 # only held files are left, for this worker: the others get no more work. A worker runs
                 # its last test only once it gets more work or is told to end, so end them now; the
                 # last one's finish assigns the held files here (mark_test_complete)
-                for other in self.nodes:
-                    if other is not node and not other.shutting_down:
-                        other.shutdown()
+                self._end_others(node)
                 return
             scope = max(free, key=lambda s: WEIGHT.get(s, 0.5 * len(self.workqueue[s])))
             unit = self.workqueue.pop(scope)
@@ -172,9 +176,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             collection = self.registered_collections[node]
             node.send_runtest_some([collection.index(nodeid) for nodeid, done in unit.items() if not done])
             if not self.workqueue:  # the last file is out: the workers left waiting may end
-                for other in self.nodes:
-                    if other is not node and not other.shutting_down:
-                        other.shutdown()
+                self._end_others(node)
 
         def mark_test_complete(self, node: object, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)

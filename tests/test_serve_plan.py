@@ -138,21 +138,23 @@ def test_tp_that_does_not_divide_heads_names_the_valid_sizes():
 
 
 def test_a_pinned_launch_runs_on_the_named_cores_only(tmp_path):
-    """``procs.spawn`` honours a launch's PIN before the child imports anything: a real child reads
-    its own affinity (every thread and process it starts inherits it)."""
+    """``procs.spawn`` has set a launch's PIN when it returns, before the child has imported anything:
+    a real child's affinity (every thread and process it starts inherits it), read at once."""
     import os
-    import sys
 
     from dsagent.system.procs import spawn
 
     core = max(os.sched_getaffinity(0))
     log = tmp_path / "logs" / "pin.log"
-    child = spawn([sys.executable, "-c", "import os, time; time.sleep(0.5); print(sorted(os.sched_getaffinity(0)))"],
-                  {**os.environ, PIN: str(core)}, log)
-    assert child.wait(timeout=60) == 0
-    assert log.read_text().strip() == f"[{core}]"
-    free = spawn([sys.executable, "-c", "import os; print(len(os.sched_getaffinity(0)))"], dict(os.environ), log)
-    assert free.wait(timeout=60) == 0 and log.read_text().split()[-1] == str(len(os.sched_getaffinity(0)))
+    pinned = spawn(["sleep", "60"], {**os.environ, PIN: str(core)}, log)
+    free = spawn(["sleep", "60"], dict(os.environ), log)
+    try:
+        assert os.sched_getaffinity(pinned.pid) == {core}
+        assert os.sched_getaffinity(free.pid) == os.sched_getaffinity(0)
+    finally:
+        for child in (pinned, free):
+            child.kill()
+            child.wait(timeout=30)
 
 
 def test_cpus_outside_the_usable_cores_are_refused_before_anything_starts():

@@ -87,19 +87,17 @@ def add_serve_flags(p: argparse.ArgumentParser, *, launch: bool = True) -> None:
 
 
 def cpu_list(text: str) -> tuple[int, ...]:
-    """``--cpus``: ``0-3``, ``0,2`` or a mix.
+    """``--cpus``: ``0-3``, ``0,2`` or a mix (``argv.core_list``).
 
     >>> cpu_list("0-2,5")
     (0, 1, 2, 5)
     """
-    out: list[int] = []
+    from ..deploy.launch.argv import core_list
+
     try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            out += range(int(lo), int(hi or lo) + 1)
+        return core_list(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes numbers such as 0-3 or 0,2, not {text!r}") from None
-    return tuple(out)
 
 
 def add_cluster_flags(p: argparse.ArgumentParser) -> None:

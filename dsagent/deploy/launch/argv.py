@@ -21,7 +21,7 @@ from ..record.identity import MARK, mark_for
 from ..record.names import files
 from .options import ServeOptions, ServePlan
 
-__all__ = ["GUARD", "plan_serve", "thread_binding"]
+__all__ = ["GUARD", "core_list", "plan_serve", "thread_binding"]
 
 GUARD = "dsagent.deploy.launch.guard.KeyGuard"
 """The middleware that makes every path of the API server need the key (``launch.guard``)."""
@@ -74,12 +74,21 @@ def in_engine_cores(o: ServeOptions, user_bind: str | None) -> list[int] | None:
         return list(o.cpus)
     if user_bind in (None, "", "auto", "nobind"):
         return None
-    return [c for part in user_bind.split(",") for c in _id_range(part)]
+    return list(core_list(user_bind))
 
 
-def _id_range(part: str) -> range:
-    first, _, last = part.strip().partition("-")
-    return range(int(first), int(last or first) + 1)
+def core_list(text: str) -> tuple[int, ...]:
+    """Cores or GPUs as ``--cpus``/``--gpus`` and ``VLLM_CPU_OMP_THREADS_BIND`` spell them: ``0-3``,
+    ``0,2`` or a mix (``ValueError`` for anything else).
+
+    >>> core_list("0-2,5")
+    (0, 1, 2, 5)
+    """
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return tuple(out)
 
 
 def check_eager_pp(o: ServeOptions) -> None:
