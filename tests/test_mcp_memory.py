@@ -14,6 +14,7 @@ import anyio
 import psutil
 import pytest
 from mcp import Client
+from mcp.server.mcpserver.exceptions import ToolError
 
 from dsagent.deploy.record.store import Deployment, create
 from dsagent.deploy.record.state import State
@@ -93,6 +94,38 @@ async def test_a_starting_model_says_how_long_to_wait(tmp_settings, silent_leade
             assert 5 <= retry <= 90
             status = (await client.call_tool("deployment_status", {})).structured_content
             assert status["state"] == "loading" and status["name"] == "ghost"
+
+
+@pytest.mark.timeout(60)
+async def test_a_launch_that_lands_between_two_looks_is_starting_not_missing(tmp_settings, silent_leader, monkeypatch):
+    """``mcp --up``: the background launch writes its record, then stops preparing. A tool call whose
+    look at the records came just before the record, and whose look at the launcher just after,
+    once said "not ready after 0 s" (CI, stop 31). Both it and ``deployment_status`` must say the
+    model is starting. The interleaving is forced by wrapping ``find``: its first answer is the
+    one read before the record landed, and the launch finishes while it runs."""
+    from dsagent.mcp import backend as backend_module
+
+    backend = Backend(tmp_settings, start=True, wait=0.0, expected_start=90.0)
+    real_find = backend_module.find
+
+    def find_as_the_launch_lands(settings, name):
+        if backend.launcher.preparing:  # this look saw no record yet; the launch completes meanwhile
+            backend.launcher.preparing = False
+            return None, State.STOPPED, []
+        return real_find(settings, name)
+
+    monkeypatch.setattr(backend_module, "find", find_as_the_launch_lands)
+    backend.launcher.begin()
+    with pytest.raises(ToolError) as caught:
+        await backend.deployment()
+    assert str(caught.value).startswith("model is starting (preparing, "), caught.value
+    with pytest.raises(ToolError) as caught:  # the next call finds the record, still loading
+        await backend.deployment()
+    assert str(caught.value).startswith("model is starting (loading, "), caught.value
+
+    backend.launcher.begin()
+    assert (await backend.report())["state"] == "preparing"
+    assert (await backend.report())["state"] == "loading"
 
 
 @pytest.mark.timeout(60)

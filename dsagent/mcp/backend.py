@@ -101,13 +101,18 @@ class Backend:
             async with self._lock:  # one probe at a time; concurrent callers share its answer
                 if self._dep is not None:
                     return self._dep
+                # read before the records: a launch writes its record, then stops preparing, so a
+                # look that finds no record while the launch was still preparing must not call it missing
+                preparing = self._preparing()
                 dep, state, _ = await anyio.to_thread.run_sync(find, self.settings, self.name)
                 if state == State.READY and dep is not None:
                     self._dep = dep
                     return dep
             if state == State.UNHEALTHY and dep is not None:
                 raise ToolError(UNHEALTHY.format(url=dep.base_url, name=dep.name))
-            if dep is None and not self._preparing():
+            if dep is None and not preparing:
+                if self.launcher.error is not None:  # the launch failed between the two looks
+                    raise ToolError(str(self.launcher.error))
                 raise await anyio.to_thread.run_sync(self._missing)
             if time.time() >= deadline:
                 raise self._starting(dep, str(state) if dep is not None else "preparing")
@@ -173,12 +178,13 @@ class Backend:
 
     async def report(self) -> dict[str, Any]:
         """The status of the deployment the tools use, without waiting for it."""
+        preparing = self._preparing()  # before the records, as in ``deployment``
         dep = await self.current()
         if dep is not None:
             out = await anyio.to_thread.run_sync(report, dep)
         elif self.launcher.error is not None:
             out = {"state": str(State.FAILED), "reason": str(self.launcher.error)}
-        elif self._preparing():
+        elif preparing:
             out = {"state": "preparing", "reason": "fetching the model and launching vLLM"}
         else:
             out = {"state": "none", "reason": str(await anyio.to_thread.run_sync(self._missing))}

@@ -51,6 +51,7 @@ class Launcher:
         """Launch, then follow the start until it settles; a failure is kept for the tools to report."""
         try:
             dep = await anyio.to_thread.run_sync(self._launch)
+            self.preparing = False  # only now: the record is written, so a tool that finds none knows why
             # follow() records the outcome: ready with its measured start time, or failed with the log tail
             dep = await anyio.to_thread.run_sync(partial(follow, dep, self.settings, timeout=self.start_timeout),
                                                  abandon_on_cancel=True)
@@ -58,20 +59,19 @@ class Launcher:
         except Exception as exc:  # reported to every tool call that needs the model
             self.error = exc
             say(f"dsagent: starting the model failed: {exc}")
+        finally:
+            self.preparing = False  # after ``error`` is set, so a tool sees the failure, not "nothing deployed"
 
     def _launch(self) -> Deployment:
         """``up(..., wait_ready=False)``; remembers the record when this call launched it."""
         t0 = time.time()
-        try:
-            options: Any = self.options or ServeOptions(port=0, device=detect_device(self.settings))
-            dep = up(self.model, options=options, settings=self.settings, wait_ready=False,
-                     on_step=lambda m: say(f"dsagent: {m}"))
-            self.name = dep.name
-            if (dep.started_at or 0.0) >= t0:
-                self.started = dep
-            return dep
-        finally:
-            self.preparing = False
+        options: Any = self.options or ServeOptions(port=0, device=detect_device(self.settings))
+        dep = up(self.model, options=options, settings=self.settings, wait_ready=False,
+                 on_step=lambda m: say(f"dsagent: {m}"))
+        self.name = dep.name
+        if (dep.started_at or 0.0) >= t0:
+            self.started = dep
+        return dep
 
     async def close(self) -> None:
         """Stop the deployment this launcher started (its whole process group); leave others alone."""
