@@ -81,7 +81,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_disable = True
 
 
-SERVER_FIXTURES = {"server", "api_key", "http_server", "fetched"}
+SESSION_FIXTURES = {"server", "api_key", "http_server"}
+"""Fixtures that use the run's server: a file with one is held before the ``lifecycle_end`` file."""
+SERVER_FIXTURES = SESSION_FIXTURES | {"fetched", "own_home"}
+"""Fixtures that mark a test ``server`` (it uses vLLM or the converted model): ``-m "not server"`` skips it."""
 _PARAMS = re.compile(r"def \w+\(([^)]*)\)")
 
 
@@ -104,7 +107,7 @@ def session_server_files(tests: Path) -> set[str]:
     out = set()
     for path in tests.glob("test_*.py"):
         src = path.read_text()
-        if "lifecycle_end" in src or any(SERVER_FIXTURES & {p.split(":")[0].split("=")[0].strip() for p in
+        if "lifecycle_end" in src or any(SESSION_FIXTURES & {p.split(":")[0].split("=")[0].strip() for p in
                                                              params.split(",")} for params in _PARAMS.findall(src)):
             out.add(f"{tests.name}/{path.name}")
     return out
@@ -114,6 +117,7 @@ WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the 
     "tests/test_multinode.py": 290, "tests/test_supervise.py": 188, "tests/test_router.py": 111,
     "tests/test_thinking_budget.py": 56, "tests/test_recipes_smoke.py": 46, "tests/test_mcp_lifecycle.py": 43,
     "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_ray.py": 30, "tests/test_agents.py": 30,
+    "tests/test_own_deployments.py": 40,
     # 140 s each, first: both workers start with one, so their requests share the server's batches
     "tests/test_langchain_standard.py::TestLocalChatDeepSeekStandard": 1000,
     "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 1000,
@@ -225,6 +229,34 @@ def server(settings):
         dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
     assert dep.state == "ready"
     return dep
+
+
+def home_beside(settings: object, root: Path) -> object:
+    """A home of its own under ``root`` that shares the run's converted embedded model and nothing else.
+
+    A test that launches a deployment of its own does it there: in the run's home, a second running
+    deployment is the newest one, which every other worker's ``local_deepseek()`` (no name) attaches
+    to. Seen under ``-n 3``: a recipe's chain and an agent waited on a starting 'crashy' and failed
+    with its error."""
+    from dsagent.plan.catalog import DEFAULT_CPU_MODEL, resolve
+    from dsagent.settings import Settings
+    from dsagent.weights.fetch import fetch
+
+    fetch(resolve(DEFAULT_CPU_MODEL), settings=settings)  # converted once per run, under fetch's lock
+    home = root / "home"
+    home.mkdir()
+    (home / "models").symlink_to(settings.models_dir)  # type: ignore[attr-defined]
+    return Settings.load(home)
+
+
+@pytest.fixture
+def own_home(settings, tmp_path) -> Iterator[object]:
+    """``home_beside`` for one test; whatever it left running there is stopped after it."""
+    from dsagent.deploy.stop import stop
+
+    home = home_beside(settings, tmp_path)
+    yield home
+    stop(all=True, settings=home)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -32,12 +34,13 @@ ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def console(settings, server):
-    """The console of the session's home, on a free loopback port."""
+@contextmanager
+def _console(home: Path) -> Iterator[str]:
+    """``dsagent console`` of ``home`` on a free loopback port; its URL."""
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dsagent.cli", "console", "--port", str(port)],
+                            env={**os.environ, "DSAGENT_HOME": str(home)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -49,9 +52,18 @@ def console(settings, server):
             pass
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
         time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def console(settings, server):
+    """The console of the session's home."""
+    with _console(settings.home) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +76,29 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, console, settings):
-    """A logged-in page whose every request is recorded (``page.seen``)."""
+@contextmanager
+def _logged_in(browser, console: str, key: str) -> Iterator[object]:
+    """A page logged in to ``console`` whose every request is recorded (``page.seen``); after it,
+    none may have left the console's loopback address or carried the key."""
     context = browser.new_context()
     pg = context.new_page()
     pg.seen = []
     pg.on("request", lambda r: pg.seen.append(r.url))
     pg.goto(f"{console}/")
-    pg.fill("#key", settings.api_key())
+    pg.fill("#key", key)
     pg.click("#login")
     pg.wait_for_url(f"{console}/")
     yield pg
-    key = settings.api_key()
     assert all(u.startswith(console) or u.startswith("data:") for u in pg.seen), pg.seen  # nothing leaves loopback
     assert not any(key in u for u in pg.seen)  # the key is never in a URL
     context.close()
+
+
+@pytest.fixture
+def page(browser, console, settings):
+    """A logged-in page of the session's console (``_logged_in``)."""
+    with _logged_in(browser, console, settings.api_key()) as pg:
+        yield pg
 
 
 def _shot(pg, name: str) -> None:
@@ -166,11 +185,13 @@ def test_the_gpus_page_says_there_is_no_gpu(page, console):
 
 
 @pytest.mark.timeout(300)
-def test_a_deployment_is_stopped_from_the_page_after_a_confirmation(page, console, settings):
-    """A second deployment of the session's home, still starting, stopped with the page's button:
-    it shows stopped and none of its processes is left."""
-    victim = up(options=ServeOptions(port=0, device="cpu"), name="victim", settings=settings, wait_ready=False)
-    try:
+def test_a_deployment_is_stopped_from_the_page_after_a_confirmation(browser, own_home):
+    """A deployment still starting, stopped with the page's button: it shows stopped and none of its
+    processes is left. In a home of its own, with a console of its own: in the session's home the
+    starting 'victim' would be the newest deployment, which another worker's ``local_deepseek()``
+    attaches to."""
+    victim = up(options=ServeOptions(port=0, device="cpu"), name="victim", settings=own_home, wait_ready=False)
+    with _console(own_home.home) as console, _logged_in(browser, console, own_home.api_key()) as page:
         page.goto(f"{console}/")
         page.wait_for_selector('tr[data-name="victim"]')
         asked = []
@@ -180,7 +201,3 @@ def test_a_deployment_is_stopped_from_the_page_after_a_confirmation(page, consol
         assert asked == ["stop victim?"]
         assert not processes_of(victim)
         _shot(page, "stopped")
-    finally:
-        from dsagent.deploy.stop import stop
-
-        stop("victim", settings=settings)

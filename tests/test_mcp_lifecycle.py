@@ -12,25 +12,20 @@ import time
 import anyio
 import pytest
 from mcp import Client
+from conftest import home_beside
 from test_mcp import stdio_params, text
 
-from dsagent.plan.catalog import DEFAULT_CPU_MODEL, resolve
-from dsagent.weights.fetch import fetch
 from dsagent.system.ports import port_is_free
 from dsagent.deploy.record.identity import processes_of
 from dsagent.deploy.record.store import list_all
-from dsagent.settings import Settings
 
 pytestmark = pytest.mark.server  # starts vLLM in a home of its own (the session server is not touched)
 
 
 @pytest.mark.timeout(900)
 async def test_up_starts_in_the_background_and_exit_leaves_no_process(settings, tmp_path):
-    await anyio.to_thread.run_sync(lambda: fetch(resolve(DEFAULT_CPU_MODEL), settings=settings))  # once per session
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "models").symlink_to(settings.models_dir)  # share the converted weights, nothing else
-    own = Settings.load(home)
+    own = await anyio.to_thread.run_sync(home_beside, settings, tmp_path)
+    home = own.home
 
     t0 = time.monotonic()
     async with Client(stdio_params(home, "--up", "--wait", "2")) as client:

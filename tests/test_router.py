@@ -16,35 +16,23 @@ import concurrent.futures
 import json
 import os
 import time
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import run_cli
+from conftest import home_beside, run_cli
 
 from dsagent.deploy.record.identity import processes_of
 from dsagent.deploy.record.store import list_all
-from dsagent.plan.catalog import DEFAULT_CPU_MODEL, resolve
 from dsagent.router.catalogue import load
 from dsagent.router.engines import VllmEngines
 from dsagent.router.serve import RouterInfo, find
 from dsagent.settings import Settings
 from dsagent.system.procs import all_processes
-from dsagent.weights.fetch import fetch
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def _home(settings: Settings, root: Path) -> Settings:
-    """A home of its own sharing the session's converted weights (nothing else)."""
-    fetch(resolve(DEFAULT_CPU_MODEL), settings=settings)  # once per session
-    home = root / "home"
-    home.mkdir()
-    (home / "models").symlink_to(settings.models_dir)
-    return Settings.load(home)
 
 
 def _cli(home: Settings, *args: str, timeout: float = 120) -> str:
@@ -71,7 +59,7 @@ def _models(info: RouterInfo, key: str) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def routed(settings, tmp_path_factory):
     """``(home, router, key, budget)``: the running router of a fresh home, catalogue of two names."""
-    home = _home(settings, tmp_path_factory.mktemp("router"))
+    home = home_beside(settings, tmp_path_factory.mktemp("router"))
     _cli(home, "models", "add", "smol-a", "--device", "cpu", "--ttl", "0")
     _cli(home, "models", "add", "smol-b", "--device", "cpu", "--ttl", "8")
     need = VllmEngines(home).need(load(home)[0]).host
@@ -218,7 +206,7 @@ def test_status_shows_the_router_and_its_models(routed):
 
 def test_a_request_that_waits_too_long_gets_503_with_its_phase_and_a_stop_mid_load_leaves_nothing(settings,
                                                                                                    tmp_path):
-    home = _home(settings, tmp_path)
+    home = home_beside(settings, tmp_path)
     _cli(home, "models", "add", "smol", "--device", "cpu")
     _cli(home, "router", "start", "--port", "auto", "--wait", "1")
     info = find(home)

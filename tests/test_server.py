@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dsagent.errors import AlreadyRunningError, InstallError, PortInUseError, StartupError
-from dsagent.deploy.record.identity import mark_for, processes_of
+from dsagent.errors import AlreadyRunningError, InstallError, PortInUseError
+from dsagent.deploy.record.identity import mark_for
 from dsagent.system.procs import all_processes
 from dsagent.deploy.record.store import load
 from dsagent.deploy.launch.options import ServeOptions
@@ -82,9 +82,9 @@ def test_status_json_reports_state_url_key_pid_and_metrics(server, cli):
 
 
 def test_ps_lists_the_deployment_and_no_orphans(server, settings, cli):
-    """Every record of the home, the session server's ready; other tests' records (a refused
-    'crashy' start, say) may be there too, whichever ran first, and another worker's test may add or
-    remove one meanwhile (every worker shares the run's home)."""
+    """Every record of the home, the session server's ready; other tests' records may be there too,
+    whichever ran first, and another worker's test may add or remove one meanwhile (every worker
+    shares the run's home)."""
     from dsagent.deploy.record.store import list_all
 
     before = {d.name for d in list_all(settings)}
@@ -181,14 +181,3 @@ def test_our_own_interpreters_vllm_version_is_read_without_starting_a_process(se
     monkeypatch.setattr(spawn.procs, "run", no_process)
     version = spawn.engine_version(Settings(home=settings.home, engine_python=sys.executable))
     assert version[:1].isdigit(), version
-
-
-def test_crash_during_start_is_reported_with_the_log_tail_and_leaves_nothing(server, settings):
-    opts = ServeOptions(port=0, device="cpu", extra_args=("--no-such-vllm-flag",))
-    with pytest.raises(StartupError) as info:
-        up(options=opts, name="crashy", settings=settings, timeout=300)
-    assert "vLLM exited while" in str(info.value)
-    assert "--no-such-vllm-flag" in info.value.log_tail
-    rec = load(settings, "crashy")
-    assert not processes_of(rec)
-    assert rec.state == "failed" and "no-such-vllm-flag" in rec.reason
