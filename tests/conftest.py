@@ -182,6 +182,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             if not self.workqueue:  # the last file is out: the workers left waiting may end
                 self._end_others(node)
 
+        def _reschedule(self, node: object) -> None:
+            """The next file only when the worker is down to its last test, which it holds until more
+            work comes (xdist's own takes the next at two left: behind a file whose last test is a long
+            one, the heaviest file waiting was taken early by a worker that would not start it for
+            minutes, while another worker stood idle)."""
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
         def mark_test_complete(self, node: object, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
             for other in self.nodes:  # a finish elsewhere may free a held file for a waiting worker

@@ -85,7 +85,8 @@ def test_cpu_data_parallel_runs_one_api_server_unless_asked():
 def test_one_cpu_worker_runs_inside_the_engine_process_unless_the_user_says_otherwise(monkeypatch):
     """vLLM-CPU swaps its one-process executor for the multiprocess one unless multiprocessing is
     off: a third process that imports torch and vLLM again (benchmarks/cpu_single_start.py: ready
-    0.71x the time, 1.32x the decoding speed with it off). Only a one-worker, one-node launch."""
+    0.71x the time, 1.32x the decoding speed with it off). Only where a node runs one worker: a
+    one-worker launch, or DP with one replica per node (benchmarks/cpu_dp_nodes_start.py)."""
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     one = plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1, 2, 3])
@@ -104,9 +105,15 @@ def test_one_cpu_worker_runs_inside_the_engine_process_unless_the_user_says_othe
         assert "OMP_NUM_THREADS" not in plan.env and PIN not in plan.env
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
     for many in (ServeOptions(tp=3, cpus=(0, 1, 2)), ServeOptions(pp=2), ServeOptions(dp=2, master_port=5000),
-                 ServeOptions(nodes=2, node_ip="127.0.0.2", master_port=5000), ServeOptions(device="gpu")):
+                 ServeOptions(pp=2, nodes=2, node_ip="127.0.0.2", master_port=5000),
+                 ServeOptions(dp=4, nodes=2, node_ip="127.0.0.2", master_port=5000), ServeOptions(device="gpu")):
         plan = plan_serve("smol", Path("/m"), SETTINGS, many, cpus=[0, 1, 2])
         assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan.env and PIN not in plan.env, many
+    # one replica per node: each node's one worker runs in its engine, the head's and a joined node's
+    for rank in (0, 1):
+        node = ServeOptions(dp=2, nodes=2, node_rank=rank, node_ip="127.0.0.2", master_port=5000, cpus=(1,))
+        plan = plan_serve("smol", Path("/m"), SETTINGS, node, cpus=[0, 1, 2])
+        assert plan.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and plan.env[PIN] == "1", plan.env
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own choice is left alone
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan_serve("smol", Path("/m"), SETTINGS, ServeOptions()).env
 

@@ -46,8 +46,9 @@ def thread_binding(workers: int, cpus: Sequence[int]) -> str:
 
 
 IN_PROCESS_WORKER = "VLLM_ENABLE_V1_MULTIPROCESSING"
-"""Set to ``0`` for a one-worker CPU deployment (TP = PP = DP = 1, one node, one NUMA node), unless
-the user's environment sets it. The OpenAI server still runs its engine in a process of its own
+"""Set to ``0`` where a CPU node runs one worker (TP = PP = 1 and one replica per node: a one-node
+deployment with DP = 1, or DP over as many nodes; one NUMA node), unless the user's environment
+sets it. The OpenAI server still runs its engine in a process of its own
 (``AsyncLLM`` ignores the variable), but vLLM-CPU then keeps the model's worker inside that engine
 process instead of spawning a third process that imports torch and vLLM once more and that the
 engine busy-polls. vLLM binds threads only in the worker processes it spawns: for cores the user
@@ -57,7 +58,10 @@ core. Measured on 2 cores (``benchmarks/cpu_single_start.py``, against vLLM-CPU'
 core for the worker process): ready in 0.7x the time, 0.84x the memory, decoding 1.3x faster.
 On one thread (``OMP_NUM_THREADS=1``, as the test suite runs it) it decodes 0.89x as fast as the
 worker process on one core, but without the engine's busy polling beside it: that polling cost the
-suite's session server 170 s of CPU in a 700 s run."""
+suite's session server 170 s of CPU in a 700 s run. DP with one replica per node also needs vLLM's
+one-process executor (``--distributed-executor-backend uni``: vLLM picks the multiprocess one for
+any DP); measured over two nodes of 2 cores (``benchmarks/cpu_dp_nodes_start.py``): ready in 0.82x
+the time on 0.71x the CPU, 0.86x the memory, decoding 1.11x faster."""
 
 
 def in_engine_cores(o: ServeOptions, user_bind: str | None) -> list[int] | None:
@@ -125,7 +129,7 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
             "name cores from that list", option="--cpus", value=",".join(map(str, o.cpus)))
     usable = list(o.cpus or allowed)
     user_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    if (o.world == 1 and o.nodes == 1 and o.backend == "mp" and IN_PROCESS_WORKER not in os.environ
+    if (o.tp == o.pp == 1 and o.dp == o.nodes and o.backend == "mp" and IN_PROCESS_WORKER not in os.environ
             and numa_nodes() == 1 and "|" not in (user_bind or "")):
         env[IN_PROCESS_WORKER] = "0"
         notes.append("one worker: it runs inside vLLM's engine process (no third process to import)")
@@ -144,6 +148,12 @@ def _cluster_flags(o: ServeOptions) -> list[str]:
         return argv + (["--data-parallel-size", str(o.dp), "--data-parallel-backend", "ray"] if o.dp > 1 else [])
     if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
         argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
+        if (o.device == "cpu" and o.tp == o.pp == 1 and o.dp == o.nodes
+                and not user_sets(o, "--distributed-executor-backend")):
+            # one replica per node: vLLM picks its multiprocess executor for any DP, and only the
+            # one-process executor keeps the worker in the engine (IN_PROCESS_WORKER). Where that
+            # variable is not 0, vLLM-CPU turns "uni" back into "mp" itself.
+            argv += ["--distributed-executor-backend", "uni"]
         if o.device == "cpu" and o.node_rank == 0 and not user_sets(o, "--api-server-count", "-asc"):
             # vLLM starts one API server per replica: on CPU each is another ~10 s import and ~0.7 GB
             # beside engines that share the same cores; one front serves a CPU deployment's load
