@@ -114,6 +114,9 @@ def test_one_cpu_worker_runs_inside_the_engine_process_unless_the_user_says_othe
         node = ServeOptions(dp=2, nodes=2, node_rank=rank, node_ip="127.0.0.2", master_port=5000, cpus=(1,))
         plan = plan_serve("smol", Path("/m"), SETTINGS, node, cpus=[0, 1, 2])
         assert plan.env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and plan.env[PIN] == "1", plan.env
+        assert _flag(plan.argv, "--distributed-executor-backend") == "uni"  # vLLM's default for any DP: "mp"
+    assert "--distributed-executor-backend" not in plan_serve("smol", Path("/m"), SETTINGS,
+                                                              ServeOptions(dp=2, master_port=5000)).argv
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own choice is left alone
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in plan_serve("smol", Path("/m"), SETTINGS, ServeOptions()).env
 
