@@ -174,3 +174,20 @@ def test_cpus_outside_the_usable_cores_are_refused_before_anything_starts():
         plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(cpus=(1, 7)), cpus=[0, 1])
     assert info.value.option == "--cpus"
     assert plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(cpus=(1,)), cpus=[0, 1]).env[PIN] == "1"
+
+
+def test_a_users_thread_binding_that_is_not_a_usable_core_list_is_refused_before_anything_starts(monkeypatch):
+    """``VLLM_CPU_OMP_THREADS_BIND`` of the user's own confines a one-worker launch as ``--cpus`` does:
+    a value that is not a core list was a bare ``ValueError`` from the planner, and a core outside the
+    usable ones made the affinity call fail after the launch, unseen. Both are refused, naming the
+    variable and the fix."""
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "abc")
+    with pytest.raises(InputError, match="VLLM_CPU_OMP_THREADS_BIND='abc' in your environment is not a list") as info:
+        plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1])
+    assert info.value.option == "VLLM_CPU_OMP_THREADS_BIND" and "--cpus" in info.value.remedy
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1,7")
+    with pytest.raises(InputError, match=r"core\(s\) 7 are not among this process's usable cores \(0,1\)"):
+        plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1])
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "1")
+    assert plan_serve("smol", Path("/m"), SETTINGS, ServeOptions(), cpus=[0, 1]).env[PIN] == "1"

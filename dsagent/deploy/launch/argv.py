@@ -78,7 +78,13 @@ def in_engine_cores(o: ServeOptions, user_bind: str | None) -> list[int] | None:
         return list(o.cpus)
     if user_bind in (None, "", "auto", "nobind"):
         return None
-    return list(core_list(user_bind))
+    try:
+        return list(core_list(user_bind))
+    except ValueError:
+        raise InvalidOptionError(
+            f"VLLM_CPU_OMP_THREADS_BIND={user_bind!r} in your environment is not a list of cores",
+            "set it to cores such as 0-3 or 0,2 (or auto, or nobind), or unset it and name cores with --cpus",
+            option="VLLM_CPU_OMP_THREADS_BIND", value=user_bind) from None
 
 
 def core_list(text: str) -> tuple[int, ...]:
@@ -134,6 +140,12 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
         env[IN_PROCESS_WORKER] = "0"
         notes.append("one worker: it runs inside vLLM's engine process (no third process to import)")
         if (cores := in_engine_cores(o, user_bind)) is not None:  # the whole tree stays on them (procs.PIN)
+            if not set(cores) <= set(allowed):  # the affinity call would fail after the launch, unseen
+                raise InvalidOptionError(
+                    f"VLLM_CPU_OMP_THREADS_BIND={user_bind}: core(s) "
+                    f"{','.join(map(str, sorted(set(cores) - set(allowed))))} are not among this process's usable "
+                    f"cores ({','.join(map(str, allowed))})", "name cores from that list, or use --cpus",
+                    option="VLLM_CPU_OMP_THREADS_BIND", value=user_bind)
             env |= {"OMP_NUM_THREADS": str(len(cores)), PIN: ",".join(map(str, cores))}
     elif workers > 1 or o.cpus:
         env["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(workers, usable)
