@@ -23,10 +23,8 @@ that answers wrongly shows.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from cpu_single_start import print_table  # noqa: E402
 import psutil  # noqa: E402
 
 from dsagent.deploy.launch.options import ServeOptions  # noqa: E402
@@ -149,14 +148,7 @@ def main() -> int:
                 got[label][c].append(float(row[c]))
             answers[label] = str(row["answer"])
     print(f"{len(CORES)} cores; median of {args.repeat}; ratios against {BASELINE!r}")
-    print("| way | " + " | ".join(cols) + " | answer |")
-    print("|---|" + "---:|" * len(cols) + "---|")
-    for label, _ in WAYS:
-        cells = []
-        for c in cols:
-            med, base = statistics.median(got[label][c]), statistics.median(got[BASELINE][c])
-            cells.append(f"{med:.1f}" + ("" if label == BASELINE else f" ({med / base:.2f}x)"))
-        print(f"| {label} | " + " | ".join(cells) + f" | {json.dumps(answers.get(label, ''))} |")
+    print_table(got, BASELINE, answers)
     return 0
 
 

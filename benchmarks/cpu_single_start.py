@@ -108,15 +108,21 @@ def main() -> int:
             finally:
                 subprocess.run([sys.executable, "-m", "dsagent.cli", "stop", name], env=env, capture_output=True)
     print(f"{os.cpu_count()} cores; median of {args.repeat}; ratios against {BASELINE!r}")
+    print_table(got, BASELINE, answers)
+    return 0
+
+
+def print_table(got: dict[str, dict[str, list[float]]], baseline: str, answers: dict[str, str]) -> None:
+    """A Markdown table: each way's medians (its columns in order) with the ratio to ``baseline``'s, and its answer."""
+    cols = list(got[baseline])
     print("| way | " + " | ".join(cols) + " | answer |")
     print("|---|" + "---:|" * len(cols) + "---|")
-    for label, _ in WAYS:
+    for label, row in got.items():
         cells = []
         for c in cols:
-            med, base = statistics.median(got[label][c]), statistics.median(got[BASELINE][c])
-            cells.append(f"{med:.1f}" + ("" if label == BASELINE else f" ({med / base:.2f}x)"))
+            med, base = statistics.median(row[c]), statistics.median(got[baseline][c])
+            cells.append(f"{med:.1f}" + ("" if label == baseline else f" ({med / base:.2f}x)"))
         print(f"| {label} | " + " | ".join(cells) + f" | {json.dumps(answers.get(label, ''))} |")
-    return 0
 
 
 if __name__ == "__main__":
