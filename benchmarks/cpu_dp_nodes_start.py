@@ -35,8 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-from cpu_single_start import print_table  # noqa: E402
+from cpu_single_start import ask as chat, print_table  # noqa: E402
 import psutil  # noqa: E402
 
 from dsagent.deploy.launch.options import ServeOptions  # noqa: E402
@@ -78,17 +77,6 @@ def cpu_seconds(deps) -> tuple[float, int, float]:
             except psutil.Error:
                 pass
     return cpu, n, rss / 2**30
-
-
-def chat(dep, tokens: int, question: str | None = None) -> tuple[int, str]:
-    body = {"model": dep.name, "max_tokens": tokens, "temperature": 0,
-            "messages": [{"role": "user", "content": question or "Write a long story about a cat."}]}
-    if not question:
-        body["ignore_eos"] = True
-    r = httpx.post(f"{dep.base_url}/chat/completions", timeout=300, json=body,
-                   headers={"Authorization": f"Bearer {Path(dep.api_key_file).read_text().strip()}"})
-    r.raise_for_status()
-    return r.json()["usage"]["completion_tokens"], r.json()["choices"][0]["message"]["content"]
 
 
 def one_round(model: str, root: Path, value: str | None) -> dict[str, float | str]:

@@ -54,8 +54,12 @@ def up(name: str, env: dict[str, str]) -> float:
 
 
 def chat(settings: Settings, name: str, tokens: int, *, greedy_question: str | None = None) -> tuple[int, str]:
-    dep = load(settings, name)
-    body = {"model": name, "max_tokens": tokens, "temperature": 0,
+    return ask(load(settings, name), tokens, greedy_question)
+
+
+def ask(dep: object, tokens: int, greedy_question: str | None = None) -> tuple[int, str]:
+    """Completion tokens and text: ``tokens`` of a story (``ignore_eos``), or a greedy answer to the question."""
+    body = {"model": dep.name, "max_tokens": tokens, "temperature": 0,
             "messages": [{"role": "user", "content": greedy_question or "Write a long story about a cat."}]}
     if not greedy_question:
         body["ignore_eos"] = True
