@@ -118,9 +118,12 @@ WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the 
     "tests/test_thinking_budget.py": 56, "tests/test_recipes_smoke.py": 46, "tests/test_mcp_lifecycle.py": 43,
     "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_ray.py": 30, "tests/test_agents.py": 30,
     "tests/test_own_deployments.py": 40,
-    # 140 s each, first: both workers start with one, so their requests share the server's batches
+    # 140 s each, first: both workers start with one, so their requests share the server's batches. The
+    # second worker runs the Ray tests (~25 s, no server) first: the first worker waits that long for the
+    # run's server (the model's conversion, then vLLM's start), on a core and a half
     "tests/test_langchain_standard.py::TestLocalChatDeepSeekStandard": 1000,
-    "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 1000,
+    "tests/test_ray.py": 999,
+    "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 998,
 }
 BY_CLASS = {"tests/test_langchain_standard.py"}
 """Files whose classes are scheduled apart (each class on its own: both run at once, in one batch)."""
