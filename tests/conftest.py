@@ -116,7 +116,7 @@ def session_server_files(tests: Path) -> set[str]:
 WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the ones that dominate
     "tests/test_multinode.py": 290, "tests/test_supervise.py": 188, "tests/test_router.py": 111,
     "tests/test_thinking_budget.py": 56, "tests/test_recipes_smoke.py": 46, "tests/test_mcp_lifecycle.py": 43,
-    "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_ray.py": 30, "tests/test_agents.py": 30,
+    "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_agents.py": 30,
     "tests/test_own_deployments.py": 40,
     # 140 s each, first: both workers start with one, so their requests share the server's batches. The
     # second worker runs the Ray tests (~25 s, no server) first: the first worker waits that long for the
