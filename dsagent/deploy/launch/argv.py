@@ -112,6 +112,19 @@ def check_eager_pp(o: ServeOptions) -> None:
             "no Inductor)", option="--enforce-eager", value=True)
 
 
+def one_worker_per_node(o: ServeOptions) -> bool:
+    """TP = PP = 1 and one replica per node: a one-node deployment with DP = 1, or DP over as many nodes."""
+    return o.tp == o.pp == 1 and o.dp == o.nodes
+
+
+def _check_usable(option: str, value: str, cores: Sequence[int], allowed: Sequence[int], fix: str) -> None:
+    """Refuse ``cores`` (named by ``option``) outside the cores this process may use."""
+    if outside := sorted(set(cores) - set(allowed)):
+        raise InvalidOptionError(
+            f"{option} {value}: core(s) {','.join(map(str, outside))} are not among this process's usable cores "
+            f"({','.join(map(str, allowed))})", fix, option=option, value=value)
+
+
 def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int] | None,
                  env: dict[str, str], notes: list[str]) -> ServeOptions:
     """What dsagent decides for a CPU launch: float32, a 2048 context, eager unless PP, the KV space
@@ -128,24 +141,18 @@ def _cpu_choices(o: ServeOptions, context_limit: int | None, cpus: Sequence[int]
         env["VLLM_CPU_KVCACHE_SPACE"] = str(o.kv_cache_gib)
     workers = o.world // o.nodes  # this node's share of the ranks
     allowed = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
-    if o.cpus and not set(o.cpus) <= set(allowed):
-        raise InvalidOptionError(
-            f"--cpus {','.join(map(str, o.cpus))}: core(s) {','.join(map(str, sorted(set(o.cpus) - set(allowed))))} "
-            f"are not among this process's usable cores ({','.join(map(str, allowed))})",
-            "name cores from that list", option="--cpus", value=",".join(map(str, o.cpus)))
+    if o.cpus:
+        _check_usable("--cpus", ",".join(map(str, o.cpus)), o.cpus, allowed, "name cores from that list")
     usable = list(o.cpus or allowed)
     user_bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-    if (o.tp == o.pp == 1 and o.dp == o.nodes and o.backend == "mp" and IN_PROCESS_WORKER not in os.environ
+    if (one_worker_per_node(o) and o.backend == "mp" and IN_PROCESS_WORKER not in os.environ
             and numa_nodes() == 1 and "|" not in (user_bind or "")):
         env[IN_PROCESS_WORKER] = "0"
         notes.append("one worker: it runs inside vLLM's engine process (no third process to import)")
         if (cores := in_engine_cores(o, user_bind)) is not None:  # the whole tree stays on them (procs.PIN)
-            if not set(cores) <= set(allowed):  # the affinity call would fail after the launch, unseen
-                raise InvalidOptionError(
-                    f"VLLM_CPU_OMP_THREADS_BIND={user_bind}: core(s) "
-                    f"{','.join(map(str, sorted(set(cores) - set(allowed))))} are not among this process's usable "
-                    f"cores ({','.join(map(str, allowed))})", "name cores from that list, or use --cpus",
-                    option="VLLM_CPU_OMP_THREADS_BIND", value=user_bind)
+            if not o.cpus:  # the user's own list: the affinity call would fail after the launch, unseen
+                _check_usable("VLLM_CPU_OMP_THREADS_BIND", str(user_bind), cores, allowed,
+                              "name cores from that list, or use --cpus")
             env |= {"OMP_NUM_THREADS": str(len(cores)), PIN: ",".join(map(str, cores))}
     elif workers > 1 or o.cpus:
         env["VLLM_CPU_OMP_THREADS_BIND"] = thread_binding(workers, usable)
@@ -160,8 +167,7 @@ def _cluster_flags(o: ServeOptions) -> list[str]:
         return argv + (["--data-parallel-size", str(o.dp), "--data-parallel-backend", "ray"] if o.dp > 1 else [])
     if o.dp > 1:  # the replicas' handshake port beside the master port (vLLM's 29550 would be shared)
         argv += ["--data-parallel-size", str(o.dp), "--data-parallel-rpc-port", str(o.master_port + 1)]
-        if (o.device == "cpu" and o.tp == o.pp == 1 and o.dp == o.nodes
-                and not user_sets(o, "--distributed-executor-backend")):
+        if o.device == "cpu" and one_worker_per_node(o) and not user_sets(o, "--distributed-executor-backend"):
             # one replica per node: vLLM picks its multiprocess executor for any DP, and only the
             # one-process executor keeps the worker in the engine (IN_PROCESS_WORKER). Where that
             # variable is not 0, vLLM-CPU turns "uni" back into "mp" itself.
