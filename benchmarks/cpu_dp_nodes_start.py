@@ -45,7 +45,7 @@ from dsagent.deploy.record.store import load  # noqa: E402
 from dsagent.deploy.stop import stop  # noqa: E402
 from dsagent.deploy.up import up  # noqa: E402
 from dsagent.settings import Settings  # noqa: E402
-from dsagent.system.ports import free_port, port_is_free  # noqa: E402
+from dsagent.system.ports import free_ports  # noqa: E402
 from dsagent.weights.fetch import fetch  # noqa: E402
 
 BASELINE = "a worker process per engine (vLLM-CPU's default)"
@@ -53,13 +53,6 @@ WAYS = [(BASELINE, "1"), ("worker in each engine (dsagent)", None)]
 VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
 CORES = sorted(os.sched_getaffinity(0))
 HEAD_CORE, NODE_CORE = CORES[0], CORES[min(1, len(CORES) - 1)]
-
-
-def master_port() -> int:
-    while True:
-        port = free_port()
-        if port_is_free("127.0.0.1", port + 1) and port_is_free("127.0.0.1", port + 2):
-            return port
 
 
 def cpu_seconds(deps) -> tuple[float, int, float]:
@@ -85,7 +78,7 @@ def one_round(model: str, root: Path, value: str | None) -> dict[str, float | st
     else:
         os.environ[VAR] = value
     head_home, node_home = Settings.load(root / "head"), Settings.load(root / "node")
-    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=master_port(),
+    opts = ServeOptions(port=0, device="cpu", dp=2, nodes=2, node_ip="127.0.0.1", master_port=free_ports(count=3),
                         cpus=(HEAD_CORE,))
     t0 = time.perf_counter()
     head = up(model, options=opts, name="dpbench", settings=head_home, wait_ready=False, peers=("127.0.0.2",))

@@ -34,7 +34,7 @@ from dsagent.deploy.stop import stop
 from dsagent.deploy.up import up
 from dsagent.errors import InstallError, InvalidOptionError, JoinError, ParallelismError
 from dsagent.settings import Settings
-from dsagent.system.ports import free_port
+from dsagent.system.ports import free_port, free_ports
 from dsagent.system import procs
 from dsagent.system.procs import vllm_processes
 from dsagent.deploy.record.identity import processes_of
@@ -55,15 +55,9 @@ def model_dir(settings) -> str:
 
 
 def _master_port(host: str = "127.0.0.1") -> int:
-    """A master port whose next two are free too: dsagent uses the port, +1 (DP's handshake) and +2 (the
-    roll call). A free port alone left +2 to chance: another worker's server once held it, and ``up``
-    refused the layout, as it should."""
-    from dsagent.system.ports import port_is_free
-
-    while True:
-        port = free_port(host)
-        if port_is_free(host, port + 1) and port_is_free(host, port + 2):
-            return port
+    """A master port whose next two are free too (``free_ports``): a free port alone left +2, the roll
+    call's, to chance; another worker's server once held it, and ``up`` refused the layout, as it should."""
+    return free_ports(host, 3)
 
 
 def _join_command(head_dep, prefix: tuple[str, ...] = ()) -> list[str]:

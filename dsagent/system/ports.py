@@ -9,7 +9,8 @@ import httpx
 from ..errors import PortInUseError
 from .procs import port_owner
 
-__all__ = ["check_port", "free_port", "interface_of", "is_local_address", "port_is_free", "reachable", "route_address"]
+__all__ = ["check_port", "free_port", "free_ports", "interface_of", "is_local_address", "port_is_free", "reachable",
+           "route_address"]
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -27,6 +28,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_ports(host: str = "127.0.0.1", count: int = 1) -> int:
+    """The first of ``count`` consecutive ports that are free right now: a multi-node deployment's
+    master port, whose next two it uses too (DP's handshake at +1, the roll call at +2)."""
+    while True:
+        port = free_port(host)
+        if all(port_is_free(host, port + i) for i in range(1, count)):
+            return port
 
 
 def serves_model(root_url: str, served_name: str, api_key: str) -> bool:
